@@ -1,0 +1,1 @@
+"""benchmarks (work in progress)."""

@@ -1,0 +1,1 @@
+"""clip_tf (work in progress)."""

@@ -1,0 +1,1 @@
+"""clip_torch (work in progress)."""

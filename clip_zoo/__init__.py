@@ -1,0 +1,1 @@
+"""clip_zoo (work in progress)."""
