@@ -1,13 +1,18 @@
 """conversion: read and write every CLIP checkpoint format without a deep-learning framework.
 
-Public API (stable; the backends call only these):
+Public API (stable; the backends call these):
 
-- :func:`load_checkpoint(path, config=None) -> (CLIPConfig, dict[str, np.ndarray])` — canonical
-  names and layouts (see :mod:`clip_core.schema`);
-- :func:`save_canonical(directory, config, weights)` — the canonical directory.
+- :func:`load_checkpoint(path, config=None, *, arch=None) -> (CLIPConfig, dict[str, np.ndarray])` —
+  any supported format, canonical names and layouts (see :mod:`clip_core.schema`);
+- :func:`save_checkpoint(path, config, weights, format="canonical", dtype=None)` — any format;
+- :func:`save_canonical(directory, config, weights)` — the canonical directory;
+- :func:`read` — like ``load_checkpoint`` but also reports the detected format.
 """
 from __future__ import annotations
 
-from .canonical import load_checkpoint, save_canonical
+from .api import FORMATS, Checkpoint, load_checkpoint, read, save_checkpoint
+from .canonical import save_canonical
+from .errors import ConversionError, UnsafePickleError
 
-__all__ = ["load_checkpoint", "save_canonical"]
+__all__ = ["load_checkpoint", "save_canonical", "save_checkpoint", "read", "Checkpoint", "FORMATS",
+           "ConversionError", "UnsafePickleError"]

@@ -1,0 +1,7 @@
+"""``python -m conversion``: see :mod:`conversion.cli`."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

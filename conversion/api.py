@@ -1,0 +1,242 @@
+"""``load_checkpoint`` / ``save_checkpoint``: any supported format in, any supported format out."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping, Optional, Union
+
+import numpy as np
+
+from clip_core.config import CLIPConfig
+from clip_core.schema import check_weights
+
+from . import open_clip as oc
+from .detect import sniff, weights_file
+from .errors import ConversionError
+from .hf import drop_legacy, read_sharded, read_tensor_file, write_extras
+from .hf_flax import read_flax_msgpack, write_flax_msgpack
+from .hf_tf import read_tf_h5, write_tf_h5
+from .openai import canonical_to_openai, infer_config, is_openai_names, openai_to_canonical
+from .safetensors_io import write_safetensors
+from .tensors import OUTPUT_DTYPES
+from .torch_zip import read_extra_record, write_torch_zip
+
+__all__ = ["FORMATS", "Checkpoint", "read", "load_checkpoint", "save_checkpoint", "default_format"]
+
+PathLike = Union[str, os.PathLike]
+FORMATS = ("canonical", "hf", "openai", "open_clip", "tf", "flax")
+#: Test hook: seconds to sleep after each tensor written (lets a test kill a conversion mid-write).
+_SLOW_ENV = "CLIP_ZOO_CONVERSION_TEST_SLEEP"
+
+
+@dataclass
+class Checkpoint:
+    """What :func:`read` found: detected format, config, canonical weights (memory-mapped views)."""
+
+    format: str
+    config: CLIPConfig
+    weights: dict
+    source: Path
+
+    @property
+    def num_parameters(self) -> int:
+        return int(sum(np.size(a) for a in self.weights.values()))
+
+
+def _hf_config(directory: Path, file: Path, arch: Optional[str]) -> CLIPConfig:
+    if arch:
+        return oc.config_from_arch(arch)
+    if not (directory / "config.json").is_file():
+        raise ConversionError(f"{file}: Hugging Face-named weights need a config.json beside them "
+                              f"(none in {directory}); pass a config or an architecture name")
+    return CLIPConfig.from_pretrained(directory)
+
+
+#: Record clip-zoo adds to the OpenAI ``.pt`` it writes: the exact config (OpenAI's loaders ignore it).
+CONFIG_RECORD = "clip_zoo_config.json"
+
+
+def _openai_config(tensors: Mapping, directory: Path, file: Path, arch: Optional[str]) -> tuple[str, CLIPConfig]:
+    if arch:
+        return "open_clip", oc.config_from_arch(arch)
+    stored = read_extra_record(file, CONFIG_RECORD) if sniff(file) == "zip" else None
+    if stored is not None:
+        return "openai", CLIPConfig.from_dict(json.loads(stored))
+    if (directory / oc.CONFIG_NAME).is_file():
+        data = json.loads((directory / oc.CONFIG_NAME).read_text(encoding="utf-8"))
+        return "open_clip", oc.config_from_open_clip(data, str(directory / oc.CONFIG_NAME))
+    return "openai", infer_config(tensors, str(file))
+
+
+def _num_labels(weights: Mapping, config: CLIPConfig, part: str) -> Optional[int]:
+    if part != "classification":
+        return None
+    if "classifier.weight" in weights:
+        return int(np.shape(weights["classifier.weight"])[0])
+    extra = config.extra
+    return int(extra.get("num_labels") or len(extra.get("id2label") or {}) or 2)
+
+
+def read(path: PathLike, config: Optional[CLIPConfig] = None, arch: Optional[str] = None,
+         part: str = "model") -> Checkpoint:
+    """Detect and read any supported checkpoint into canonical names (zero-copy where possible).
+
+    ``part`` (``model``, ``text``, ``vision_with_projection``, ``classification`` ...) is what the
+    tensors are checked against; OpenAI and open_clip checkpoints are always whole models.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    file = weights_file(path) if path.is_dir() else path
+    directory, kind = file.parent, sniff(file)
+    if kind in ("hdf5", "msgpack"):
+        config = config or _hf_config(directory, file, arch)
+        reader = read_tf_h5 if kind == "hdf5" else read_flax_msgpack
+        weights = reader(file, config, part)
+        fmt = "hf-tf" if kind == "hdf5" else "hf-flax"
+    elif kind in ("zip", "safetensors", "index", "pickle"):
+        sub, tensors = read_sharded(file) if kind == "index" else read_tensor_file(file)
+        if tensors and all(n.startswith("module.") for n in tensors):  # saved from DataParallel / DDP
+            tensors = {n[len("module."):]: a for n, a in tensors.items()}
+        if is_openai_names(tensors):
+            if config is None:
+                family, config = _openai_config(tensors, directory, file, arch)
+            else:
+                family = "open_clip" if arch or (directory / oc.CONFIG_NAME).is_file() else "openai"
+            weights, fmt = openai_to_canonical(tensors, config, str(file)), f"{family}-{sub}"
+        else:
+            config = config or _hf_config(directory, file, arch)
+            weights, fmt = drop_legacy(dict(tensors)), f"hf-{sub}"
+    else:
+        raise ConversionError(f"{file}: unrecognised checkpoint format (not safetensors, a torch zip archive, "
+                              f"HDF5, flax msgpack or a sharded index)")
+    check_weights(weights, config, part, _num_labels(weights, config, part), source=str(file))
+    return Checkpoint(fmt, config, weights, file)
+
+
+def load_checkpoint(path: PathLike, config: Optional[CLIPConfig] = None, *, arch: Optional[str] = None,
+                    part: str = "model") -> tuple[CLIPConfig, dict[str, np.ndarray]]:
+    """Read a checkpoint of any supported format into ``(config, {canonical name: array})``.
+
+    ``config`` overrides the stored / inferred architecture; ``arch`` names one (open_clip bare
+    state dicts: ``"ViT-B-32-quickgelu"``); ``part`` is what a tower-only / classification
+    checkpoint must hold (see :func:`read`). Arrays keep the stored dtype and are writable,
+    C-contiguous (copy-on-write views of the file where possible).
+    """
+    ckpt = read(path, config, arch, part)
+    return ckpt.config, {k: v if v.flags.c_contiguous else np.ascontiguousarray(v)
+                         for k, v in ckpt.weights.items()}
+
+
+# ----------------------------------------------------------------------------- writing
+def default_format(path: PathLike) -> str:
+    """The output format a destination name implies (``.pt`` -> openai, ``.h5`` -> tf ...)."""
+    suffix = Path(path).suffix
+    return {".pt": "openai", ".pth": "openai", ".h5": "tf", ".msgpack": "flax"}.get(suffix, "canonical")
+
+
+def _ticker(progress: Optional[Callable[[str], None]]) -> Callable[[str], None]:
+    delay = float(os.environ.get(_SLOW_ENV, "0") or 0)
+
+    def tick(name: str) -> None:
+        if progress:
+            progress(name)
+        if delay:
+            time.sleep(delay)
+
+    return tick
+
+
+def _into_directory(target: Path, fill: Callable[[Path], None]) -> None:
+    """Fill a new directory atomically (temp dir + rename); an existing one file by file (each atomic)."""
+    if target.exists():
+        if not target.is_dir():
+            raise ConversionError(f"{target} exists and is not a directory")
+        fill(target)
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        fill(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_checkpoint(path: PathLike, config: CLIPConfig, weights: Mapping[str, np.ndarray], format: str = "canonical",
+                    dtype: Optional[str] = None, progress: Optional[Callable[[str], None]] = None,
+                    part: str = "model") -> Path:
+    """Write canonical ``weights`` in ``format`` (see :data:`FORMATS`), optionally cast to ``dtype``.
+
+    The weights are checked against ``part`` of ``config`` first; nothing is written if they do not
+    match. A part other than ``model`` can be written as canonical / hf / flax only.
+    Every file is written atomically; a new directory appears only once complete.
+    """
+    if format not in FORMATS:
+        raise ConversionError(f"unknown output format {format!r}; expected one of {', '.join(FORMATS)}")
+    if dtype is not None and dtype not in OUTPUT_DTYPES:
+        raise ConversionError(f"unknown dtype {dtype!r}; expected fp32, fp16 or bf16")
+    num_labels = _num_labels(weights, config, part)
+    check_weights(weights, config, part, num_labels, source="weights to save")
+    if part != "model" and format not in ("canonical", "hf", "flax"):
+        raise ConversionError(f"only a whole CLIP model can be written as {format!r}, not the {part!r} part")
+    path, tick = Path(path), _ticker(progress)
+    if format in ("canonical", "hf"):
+        _into_directory(path, lambda d: _together(
+            lambda: write_safetensors(d / "model.safetensors", weights, dtype=dtype, progress=tick),
+            lambda: write_extras(d, config)))
+    elif format == "open_clip":
+        _into_directory(path, lambda d: _write_open_clip(d, config, weights, dtype, tick))
+    elif format == "openai":
+        if config.text_config.hidden_act != "quick_gelu":
+            raise ConversionError(f"an OpenAI checkpoint always means QuickGELU, this model uses "
+                                  f"{config.text_config.hidden_act!r}; write the open_clip format instead")
+        _warn_if_not_openai_shaped(config)
+        write_torch_zip(path, canonical_to_openai(weights, config), dtype=dtype, archive=path.stem or "archive",
+                        progress=tick, extra_records={CONFIG_RECORD: config.to_json_string().encode("utf-8")})
+    else:
+        writer, name = (write_tf_h5, "tf_model.h5") if format == "tf" else (write_flax_msgpack, "flax_model.msgpack")
+        kwargs = dict(dtype=dtype, progress=tick, part=part, num_labels=num_labels)
+        if path.suffix in (".h5", ".msgpack"):
+            writer(path, config, weights, **kwargs)
+        else:
+            _into_directory(path, lambda d: _together(lambda: writer(d / name, config, weights, **kwargs),
+                                                      lambda: write_extras(d, config)))
+    return path
+
+
+def _together(*jobs: Callable[[], object]) -> None:
+    """Run ``jobs`` in threads (the weights are I/O-bound, the tokenizer files CPU-bound); re-raise errors."""
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        for future in [pool.submit(job) for job in jobs]:
+            future.result()
+
+
+def _warn_if_not_openai_shaped(config: CLIPConfig) -> None:
+    """OpenAI's ``build_model`` infers heads / MLP width; warn when it would infer other values."""
+    t, v = config.text_config, config.vision_config
+    rules = [t.num_attention_heads == t.hidden_size // 64, t.intermediate_size == 4 * t.hidden_size]
+    if config.is_resnet:
+        rules.append(v.num_attention_heads == v.width * 32 // 64)
+    else:
+        rules += [v.num_attention_heads == v.hidden_size // 64, v.intermediate_size == 4 * v.hidden_size]
+    if not all(rules):
+        warnings.warn("this architecture does not follow OpenAI's rules (heads = width // 64, MLP = 4 x width): "
+                      "OpenAI's clip.load would build a different model; clip-zoo reads the exact config "
+                      f"back from the archive's {CONFIG_RECORD} record", stacklevel=3)
+
+
+def _write_open_clip(directory: Path, config: CLIPConfig, weights: Mapping, dtype: Optional[str], tick) -> None:
+    from clip_core.io import atomic_write_bytes
+
+    write_safetensors(directory / oc.WEIGHT_NAMES[0], canonical_to_openai(weights, config), dtype=dtype, progress=tick)
+    blob = json.dumps(oc.config_to_open_clip(config), indent=2) + "\n"
+    atomic_write_bytes(directory / oc.CONFIG_NAME, blob.encode("utf-8"))
