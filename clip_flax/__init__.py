@@ -1,1 +1,19 @@
-"""clip_flax (work in progress)."""
+"""clip_flax: CLIP (ViT and ModifiedResNet) on JAX / Flax Linen with Hugging Face Flax param paths."""
+from __future__ import annotations
+
+from .models import (CLIPForImageClassification, CLIPModel, CLIPTextModel, CLIPTextModelWithProjection,
+                     CLIPVisionModel, CLIPVisionModelWithProjection, FlaxCLIPForImageClassification,
+                     FlaxCLIPModel, FlaxCLIPPreTrainedModel, FlaxCLIPTextModel, FlaxCLIPTextModelWithProjection,
+                     FlaxCLIPVisionModel, FlaxCLIPVisionModelWithProjection)
+from .modules import contrastive_loss
+from .training import loss_fn, make_train_step, train_step
+from . import sharding
+from .openai_api import available_models, load, tokenize
+
+__all__ = [
+    "CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPVisionModel",
+    "CLIPVisionModelWithProjection", "CLIPForImageClassification", "FlaxCLIPModel", "FlaxCLIPTextModel",
+    "FlaxCLIPTextModelWithProjection", "FlaxCLIPVisionModel", "FlaxCLIPVisionModelWithProjection",
+    "FlaxCLIPForImageClassification", "FlaxCLIPPreTrainedModel", "contrastive_loss", "loss_fn",
+    "make_train_step", "train_step", "sharding", "load", "tokenize", "available_models",
+]

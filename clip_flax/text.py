@@ -1,0 +1,67 @@
+"""The text tower (Flax Linen): token + position embeddings, causal encoder, EOT pooling."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import jax.numpy as jnp
+import flax.linen as nn
+
+from clip_core.config import CLIPTextConfig
+from clip_core.outputs import BaseModelOutputWithPooling
+
+from .layers import CLIPEncoder, Dtype, layer_norm
+
+
+def text_attention_mask(attention_mask: Optional[jnp.ndarray], t: int) -> jnp.ndarray:
+    """Causal mask combined with an optional padding mask: boolean (B|1, 1, T, T), True = attend."""
+    causal = jnp.tril(jnp.ones((t, t), dtype=bool))[None, None]  # (1, 1, T, T)
+    if attention_mask is None:
+        return causal
+    return causal & (attention_mask[:, None, None, :] > 0)  # (B, 1, T, T)
+
+
+def eot_positions(input_ids: jnp.ndarray, config: CLIPTextConfig) -> jnp.ndarray:
+    """Index of the pooled token per row: first ``eos_token_id``, or ``argmax(input_ids)`` (legacy)."""
+    if config.legacy_eos_pooling:
+        return jnp.argmax(input_ids, axis=-1)
+    return jnp.argmax((input_ids == config.eos_token_id).astype(jnp.int32), axis=-1)
+
+
+class CLIPTextEmbeddings(nn.Module):
+    config: CLIPTextConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, position_ids):
+        c, init = self.config, nn.initializers.normal(0.02)
+        tok = nn.Embed(c.vocab_size, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                       embedding_init=init, name="token_embedding")(input_ids)
+        pos = nn.Embed(c.max_position_embeddings, c.hidden_size, dtype=self.dtype, param_dtype=self.param_dtype,
+                       embedding_init=init, name="position_embedding")(position_ids)
+        return tok + pos  # (B, T, D)
+
+
+class CLIPTextTransformer(nn.Module):
+    """Returns ``BaseModelOutputWithPooling``: final-layer-normed states and the EOT-pooled state."""
+
+    config: CLIPTextConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True,
+                 output_attentions: bool = False, output_hidden_states: bool = False):
+        c = self.config
+        b, t = input_ids.shape
+        if t > c.max_position_embeddings:
+            raise ValueError(f"sequence length {t} exceeds max_position_embeddings {c.max_position_embeddings}")
+        if position_ids is None:
+            position_ids = jnp.arange(t)[None, :]  # (1, T)
+        x = CLIPTextEmbeddings(c, self.dtype, self.param_dtype, name="embeddings")(input_ids, position_ids)
+        mask = text_attention_mask(attention_mask, t)
+        x, hidden, attns = CLIPEncoder(c, self.dtype, self.param_dtype, name="encoder")(
+            x, mask, deterministic, output_attentions, output_hidden_states)
+        x = layer_norm(x, c.layer_norm_eps, self.dtype, self.param_dtype, "final_layer_norm")  # (B, T, D)
+        pooled = x[jnp.arange(b), eot_positions(input_ids, c)]  # (B, D)
+        return BaseModelOutputWithPooling(x, pooled, hidden, attns)

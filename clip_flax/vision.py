@@ -1,0 +1,110 @@
+"""The Vision Transformer tower (Flax Linen), HF Flax parameter names.
+
+``pixel_values`` arrive NCHW; the patch embedding cuts patches straight from NCHW and applies the
+HWIO ``patch_embedding/kernel`` as one matmul (same result as the stride-P conv, no NHWC copy).
+"""
+from __future__ import annotations
+
+import numpy as np
+import jax.numpy as jnp
+import flax.linen as nn
+
+from clip_core.config import CLIPVisionConfig
+from clip_core.outputs import BaseModelOutputWithPooling
+
+from .layers import CLIPEncoder, Dtype, layer_norm
+
+
+def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+    """(n_out, n_in) weights of PyTorch's bicubic resize (align_corners=False, A=-0.75, edge clamp)."""
+    def cubic(x):
+        x = abs(x)
+        if x <= 1:
+            return ((a + 2) * x - (a + 3)) * x * x + 1
+        if x < 2:
+            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+        return 0.0
+
+    m = np.zeros((n_out, n_in), np.float64)
+    scale = n_in / n_out
+    for i in range(n_out):
+        src = (i + 0.5) * scale - 0.5
+        f = int(np.floor(src))
+        t = src - f
+        for k in range(-1, 3):
+            m[i, min(max(f + k, 0), n_in - 1)] += cubic(k - t)
+    return m
+
+
+class PatchEmbedding(nn.Module):
+    """Stride-P conv without bias as a matmul; param ``kernel`` HWIO (P, P, C, D)."""
+
+    patch_size: int
+    num_channels: int
+    hidden_size: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixel_values):
+        p, c, d = self.patch_size, self.num_channels, self.hidden_size
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (p, p, c, d), self.param_dtype)
+        b, _, h, w = pixel_values.shape  # (B, C, H, W)
+        gh, gw = h // p, w // p
+        x = pixel_values.astype(self.dtype).reshape(b, c, gh, p, gw, p)
+        x = x.transpose(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, p * p * c)  # (B, N, P*P*C)
+        return x @ kernel.astype(self.dtype).reshape(p * p * c, d)  # (B, N, D)
+
+
+class CLIPVisionEmbeddings(nn.Module):
+    config: CLIPVisionConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixel_values, interpolate_pos_encoding: bool = False):
+        c = self.config
+        cls = self.param("class_embedding", nn.initializers.normal(0.02), (c.hidden_size,), self.param_dtype)
+        patches = PatchEmbedding(c.patch_size, c.num_channels, c.hidden_size, self.dtype, self.param_dtype,
+                                 name="patch_embedding")(pixel_values)  # (B, N, D)
+        b, n, d = patches.shape
+        pos_table = nn.Embed(c.num_positions, d, dtype=self.dtype, param_dtype=self.param_dtype,
+                             embedding_init=nn.initializers.normal(0.02), name="position_embedding")
+        pos = pos_table(jnp.arange(c.num_positions))  # (P+1, D)
+        h, w = pixel_values.shape[2] // c.patch_size, pixel_values.shape[3] // c.patch_size
+        if n != c.num_patches or h != w:
+            if not interpolate_pos_encoding:
+                raise ValueError(f"input image size ({pixel_values.shape[2]}*{pixel_values.shape[3]}) doesn't "
+                                 f"match model ({c.image_size}*{c.image_size}); pass interpolate_pos_encoding=True")
+            pos = self._interpolate(pos, h, w)
+        x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d)), patches], axis=1)
+        return x + pos[None]  # (B, N+1, D)
+
+    def _interpolate(self, pos, h: int, w: int):
+        """Bicubic resize of the patch position grid to (h, w) like HF/PyTorch."""
+        g = int(round((pos.shape[0] - 1) ** 0.5))
+        grid = pos[1:].reshape(g, g, -1).astype(jnp.float32)  # (g, g, D)
+        mh = jnp.asarray(bicubic_matrix(g, h), jnp.float32)
+        mw = jnp.asarray(bicubic_matrix(g, w), jnp.float32)
+        grid = jnp.einsum("ig,jk,gkd->ijd", mh, mw, grid).reshape(h * w, -1)
+        return jnp.concatenate([pos[:1], grid.astype(pos.dtype)], axis=0)
+
+
+class CLIPVisionTransformer(nn.Module):
+    """``last_hidden_state`` = encoder output; ``pooler_output`` = post_layernorm(class token)."""
+
+    config: CLIPVisionConfig
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pixel_values, deterministic: bool = True, output_attentions: bool = False,
+                 output_hidden_states: bool = False, interpolate_pos_encoding: bool = False):
+        c = self.config
+        x = CLIPVisionEmbeddings(c, self.dtype, self.param_dtype, name="embeddings")(
+            pixel_values, interpolate_pos_encoding)
+        x = layer_norm(x, c.layer_norm_eps, self.dtype, self.param_dtype, "pre_layrnorm")
+        x, hidden, attns = CLIPEncoder(c, self.dtype, self.param_dtype, name="encoder")(
+            x, None, deterministic, output_attentions, output_hidden_states)
+        pooled = layer_norm(x[:, 0], c.layer_norm_eps, self.dtype, self.param_dtype, "post_layernorm")
+        return BaseModelOutputWithPooling(x, pooled, hidden, attns)
