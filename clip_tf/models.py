@@ -1,0 +1,419 @@
+"""The six public CLIP classes as Keras 3 models, with loading, saving and compiled feature paths."""
+from __future__ import annotations
+
+import os
+from typing import Any, ClassVar, Optional, Union
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from clip_core.config import CLIPConfig, CLIPResNetVisionConfig, CLIPTextConfig, CLIPVisionConfig
+from clip_core.outputs import (CLIPOutput, CLIPTextModelOutput, CLIPVisionModelOutput, ImageClassifierOutput)
+from clip_core.schema import from_backend, to_backend
+
+from .checkpoints import read_checkpoint, select_part, with_labels, write_checkpoint
+from .primitives import Dense, named_variables, param, policy_dtype
+from .resnet import ModifiedResNet
+from .text import CLIPTextTransformer, pool_index
+from .vision import CLIPVisionTransformer
+
+__all__ = ["CLIPPreTrainedModel", "CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPVisionModel",
+           "CLIPVisionModelWithProjection", "CLIPForImageClassification", "contrastive_loss", "text_bucket"]
+
+_serializable = keras.saving.register_keras_serializable(package="clip_tf")
+
+
+def as_clip_config(config: Any) -> CLIPConfig:
+    """A :class:`CLIPConfig` from a CLIPConfig, a tower config or a ``config.json`` dict."""
+    if isinstance(config, CLIPConfig):
+        return config
+    if isinstance(config, dict):
+        return CLIPConfig.from_dict(config)
+    if isinstance(config, CLIPTextConfig):
+        return CLIPConfig(text_config=config, projection_dim=config.projection_dim)
+    if isinstance(config, (CLIPVisionConfig, CLIPResNetVisionConfig)):
+        return CLIPConfig(vision_config=config, projection_dim=config.projection_dim)
+    raise TypeError(f"expected a CLIPConfig (or a tower config / dict), got {type(config).__name__}")
+
+
+def contrastive_loss(logits_per_text: tf.Tensor) -> tf.Tensor:
+    """Symmetric CLIP loss: mean of the cross-entropies over texts and images, labels arange(B)."""
+    logits = tf.cast(logits_per_text, tf.float32)
+    labels = tf.range(tf.shape(logits)[0])
+    ce = tf.nn.sparse_softmax_cross_entropy_with_logits
+    return (tf.reduce_mean(ce(labels, logits)) + tf.reduce_mean(ce(labels, tf.transpose(logits)))) / 2.0
+
+
+def text_bucket(length: int, max_length: int) -> int:
+    """The compiled sequence length for ``length`` needed tokens: 8, 16, 32, 64, ... capped at ``max_length``."""
+    bucket = 8
+    while bucket < length:
+        bucket *= 2
+    return min(bucket, max_length)
+
+
+def _vision_tower(config: CLIPConfig, dtype) -> keras.layers.Layer:
+    cls = ModifiedResNet if config.is_resnet else CLIPVisionTransformer
+    return cls(config.vision_config, dtype=dtype)
+
+
+def _flag(value: Optional[bool]) -> bool:
+    return bool(value) if value is not None else False
+
+
+class CLIPPreTrainedModel(keras.Model):
+    """Shared machinery: config handling, the ``{tf path: variable}`` index, loading and saving."""
+
+    part: ClassVar[str] = "model"
+    _top: ClassVar[tuple] = ()
+
+    def __init__(self, config: Any, dtype=None, data_format: str = "channels_first",
+                 jit_compile: Union[bool, str] = "auto", name: Optional[str] = None, **kwargs):
+        if data_format not in ("channels_first", "channels_last"):
+            raise ValueError(f"data_format must be 'channels_first' (NCHW) or 'channels_last', got {data_format!r}")
+        super().__init__(name=name, dtype=policy_dtype(dtype), **kwargs)
+        self.config = as_clip_config(config)
+        self.data_format = data_format
+        if jit_compile not in (True, False, "auto"):
+            raise ValueError(f"jit_compile must be True, False or 'auto', got {jit_compile!r}")
+        self.jit_compile = jit_compile
+        object.__setattr__(self, "_fns", {})  # compiled functions; not tracked by Keras / SavedModel
+
+    # ------------------------------------------------------------------ config round trip
+    def get_config(self) -> dict:
+        return {"config": self.config.to_dict(), "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+                "data_format": self.data_format, "jit_compile": self.jit_compile, "name": self.name,
+                "trainable": self.trainable}
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return cls(**config)
+
+    # ------------------------------------------------------------------ weights
+    @property
+    def num_labels(self) -> Optional[int]:
+        return None
+
+    def variable_index(self) -> dict[str, keras.Variable]:
+        """``{Hugging Face TF path: variable}`` as :mod:`clip_core.schema` names them."""
+        index: dict[str, keras.Variable] = {}
+        for attr in self._top:
+            value = getattr(self, attr, None)
+            if isinstance(value, keras.Variable):
+                index[attr] = value
+            elif value is not None:
+                index.update(named_variables(value, attr + "/"))
+        return index
+
+    def load_canonical(self, weights: dict, source: str = "weights") -> None:
+        """Assign canonical ``{name: array}`` weights (strict: a named diff on any mismatch)."""
+        arrays = to_backend(weights, self.config, "tf", self.part, self.num_labels, source=source)
+        index = self.variable_index()
+        if set(arrays) != set(index):  # a bug in this package, not in the checkpoint
+            raise RuntimeError(f"clip_tf variable paths differ from the schema: "
+                               f"{sorted(set(arrays) ^ set(index))}")
+        for path, array in arrays.items():
+            index[path].assign(array.astype(index[path].dtype))
+
+    def canonical_weights(self) -> dict[str, np.ndarray]:
+        """The weights as canonical ``{name: float32 array}`` (Hugging Face PyTorch names and layouts)."""
+        params = {p: np.asarray(v.numpy()) for p, v in self.variable_index().items()}
+        return from_backend(params, self.config, "tf", self.part, self.num_labels)
+
+    @classmethod
+    def from_pretrained(cls, path: Union[str, os.PathLike], **kwargs):
+        """Load any checkpoint ``conversion`` reads (canonical, HF safetensors/bin/h5/msgpack, OpenAI,
+        open_clip); tensors of other parts are dropped, anything else missing or extra is an error."""
+        config, weights = read_checkpoint(path, cls.part)
+        model = cls(config, **kwargs)
+        model.load_canonical(select_part(weights, config, cls.part, model.num_labels), source=str(path))
+        return model
+
+    def save_pretrained(self, directory: Union[str, os.PathLike], format: str = "canonical", dtype=None):
+        """Write the canonical directory (or a ``conversion`` format: ``"tf"`` = ``tf_model.h5``, ``"openai"``,
+        ``"open_clip"``, ``"flax"``; towers only as canonical). ``dtype``: None, "fp16" or "bf16"."""
+        config = with_labels(self.config, self.num_labels) if self.num_labels else self.config
+        return write_checkpoint(directory, config, self.canonical_weights(), self.part, format, dtype)
+
+    def save_tf_h5(self, directory: Union[str, os.PathLike]):
+        """Write ``tf_model.h5`` in Hugging Face's TF layout (plus config) into ``directory``."""
+        return self.save_pretrained(directory, format="tf")
+
+    # ------------------------------------------------------------------ compiled paths
+    def _compiled(self, key: str, fn, signature: list):
+        """One ``tf.function`` per feature path; XLA for text and plain graph for images under "auto"
+        (measured faster on CPU: XLA:CPU lost at batch 1 and 16 for the ViT-B/32 image tower)."""
+        if key not in self._fns:
+            jit = self.jit_compile if isinstance(self.jit_compile, bool) else key == "text"
+            self._fns[key] = tf.function(fn, input_signature=signature, jit_compile=jit, reduce_retracing=False)
+        return self._fns[key]
+
+    def _pixel_spec(self) -> tf.TensorSpec:
+        v = self.config.vision_config
+        s, c = v.image_size, v.num_channels
+        shape = [None, c, s, s] if self.data_format == "channels_first" else [None, s, s, c]
+        return tf.TensorSpec(shape, tf.float32, name="pixel_values")
+
+    def _vision(self, pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding, training):
+        return self.vision_model(pixel_values, output_attentions=_flag(output_attentions),
+                                 output_hidden_states=_flag(output_hidden_states),
+                                 interpolate_pos_encoding=bool(interpolate_pos_encoding), training=training,
+                                 data_format=self.data_format)
+
+    def _train_kwargs(self, data) -> dict:
+        x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if not isinstance(x, dict):
+            raise TypeError("fit() needs a dict of model inputs (input_ids, pixel_values, attention_mask ...)")
+        kwargs = dict(x)
+        if y is not None:
+            kwargs["labels"] = y
+        return kwargs
+
+    def train_step(self, data):
+        """One optimiser step on the model's own loss (contrastive, or the classifier's)."""
+        kwargs = self._train_kwargs(data)
+        with tf.GradientTape() as tape:
+            loss = self(**kwargs, return_loss=True, training=True).loss
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = loss / replicas  # gradients are summed over replicas
+        grads = tape.gradient(scaled, self.trainable_variables)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
+        return {"loss": loss}
+
+    def test_step(self, data):
+        return {"loss": self(**self._train_kwargs(data), return_loss=True, training=False).loss}
+
+
+class _TextFeatures:
+    """``get_text_features`` / ``encode_text``: XLA-compiled, padded positions skipped by bucketing."""
+
+    def _text_embeds(self, input_ids, attention_mask=None, position_ids=None):
+        out = self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return tf.cast(self.text_projection(out.pooler_output), tf.float32)
+
+    def _text_embeds_prefix(self, input_ids, attention_mask):
+        """Graph path: run only up to the last pooled position (dynamic shape; not for XLA)."""
+        t = self.config.text_config
+        needed = tf.reduce_max(pool_index(input_ids, t.eos_token_id, t.legacy_eos_pooling)) + 1
+        return self._text_embeds(input_ids[:, :needed], attention_mask[:, :needed])
+
+    def get_text_features(self, input_ids, attention_mask=None, position_ids=None):
+        """Projected (not normalised) text features (B, projection_dim), float32."""
+        if position_ids is not None or not tf.executing_eagerly():
+            return self._text_embeds(input_ids, attention_mask, position_ids)
+        ids = np.asarray(input_ids).astype(np.int32)
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {ids.shape}")
+        mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask).astype(np.int32)
+        t = self.config.text_config
+        needed = int(pool_index(ids, t.eos_token_id, t.legacy_eos_pooling).numpy().max(initial=0)) + 1
+        n = text_bucket(needed, ids.shape[1])
+        spec = [tf.TensorSpec([None, None], tf.int32, name="input_ids"),
+                tf.TensorSpec([None, None], tf.int32, name="attention_mask")]
+        fn = self._compiled("text", self._text_embeds, spec)
+        return fn(tf.constant(ids[:, :n]), tf.constant(mask[:, :n]))
+
+    def encode_text(self, text):
+        """OpenAI's ``model.encode_text(tokens)``."""
+        return self.get_text_features(text)
+
+
+class _ImageFeatures:
+    """``get_image_features`` / ``encode_image``: XLA-compiled for the configured image size."""
+
+    def _image_embeds(self, pixel_values, interpolate_pos_encoding: bool = False):
+        if self.config.is_resnet or interpolate_pos_encoding:
+            pooled = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
+                                       data_format=self.data_format).pooler_output
+        else:
+            pooled = self.vision_model.pooled(pixel_values, data_format=self.data_format)
+        return tf.cast(pooled if self.config.is_resnet else self.visual_projection(pooled), tf.float32)
+
+    def get_image_features(self, pixel_values, interpolate_pos_encoding: bool = False):
+        """Projected (not normalised) image features (B, projection_dim), float32."""
+        spec = self._pixel_spec()
+        x = tf.convert_to_tensor(pixel_values, tf.float32) if tf.executing_eagerly() else pixel_values
+        if not tf.executing_eagerly() or not spec.shape.is_compatible_with(x.shape):
+            return self._image_embeds(x, interpolate_pos_encoding)
+        return self._compiled("image", self._image_embeds, [spec])(x)
+
+    def encode_image(self, image):
+        """OpenAI's ``model.encode_image(pixels)``."""
+        return self.get_image_features(image)
+
+
+def _normalize(x):
+    return x / tf.norm(x, axis=-1, keepdims=True)
+
+
+@_serializable
+class CLIPModel(_TextFeatures, _ImageFeatures, CLIPPreTrainedModel):
+    """Text and vision towers, projections and ``logit_scale`` (shape (1,), as Hugging Face TF)."""
+
+    part = "model"
+    _top = ("text_model", "vision_model", "text_projection", "visual_projection", "logit_scale")
+
+    def __init__(self, config: Any, **kwargs):
+        super().__init__(config, **kwargs)
+        c, dt = self.config, self.dtype_policy
+        self.text_model = CLIPTextTransformer(c.text_config, dtype=dt)
+        self.vision_model = _vision_tower(c, dt)
+        self.text_projection = Dense(c.text_config.hidden_size, c.projection_dim, use_bias=False,
+                                     name="text_projection", dtype=dt)
+        if not c.is_resnet:
+            self.visual_projection = Dense(c.vision_config.hidden_size, c.projection_dim, use_bias=False,
+                                           name="visual_projection", dtype=dt)
+        param(self, "logit_scale", (1,), keras.initializers.Constant(c.logit_scale_init_value), autocast=False)
+        self.built = True
+
+    def call(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, return_loss=None,
+             output_attentions=None, output_hidden_states=None, interpolate_pos_encoding=False, training=None):
+        if _is_openai_call(input_ids, pixel_values):  # model(image, text) -> (logits_per_image, logits_per_text)
+            out = self.call(pixel_values, input_ids, training=training)
+            return out.logits_per_image, out.logits_per_text
+        flags = dict(output_attentions=_flag(output_attentions), output_hidden_states=_flag(output_hidden_states))
+        vision = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
+                                   training=training, data_format=self.data_format, **flags)
+        text = self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids, **flags)
+        image_embeds = vision.pooler_output if self.config.is_resnet else self.visual_projection(vision.pooler_output)
+        image_embeds = _normalize(tf.cast(image_embeds, tf.float32))
+        text_embeds = _normalize(tf.cast(self.text_projection(text.pooler_output), tf.float32))
+        logits_per_text = tf.matmul(text_embeds, image_embeds, transpose_b=True) * tf.exp(self.logit_scale)
+        loss = contrastive_loss(logits_per_text) if return_loss else None
+        return CLIPOutput(loss, tf.transpose(logits_per_text), logits_per_text, text_embeds, image_embeds, text, vision)
+
+
+def _is_openai_call(first, second) -> bool:
+    """True for OpenAI's positional ``model(image, text)``: a float 4-D batch first, token ids second."""
+    if first is None or second is None:
+        return False
+    first, second = tf.convert_to_tensor(first), tf.convert_to_tensor(second)
+    return first.shape.rank == 4 and first.dtype.is_floating and second.dtype.is_integer
+
+
+@_serializable
+class CLIPTextModel(CLIPPreTrainedModel):
+    """The text tower alone: last_hidden_state, EOT-pooled pooler_output."""
+
+    part = "text"
+    _top = ("text_model",)
+
+    def __init__(self, config: Any, **kwargs):
+        super().__init__(config, **kwargs)
+        self.text_model = CLIPTextTransformer(self.config.text_config, dtype=self.dtype_policy)
+        self.built = True
+
+    def call(self, input_ids=None, attention_mask=None, position_ids=None, output_attentions=None,
+             output_hidden_states=None, training=None):
+        return self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               output_attentions=_flag(output_attentions),
+                               output_hidden_states=_flag(output_hidden_states))
+
+
+@_serializable
+class CLIPTextModelWithProjection(_TextFeatures, CLIPPreTrainedModel):
+    """The text tower plus ``text_projection``: text_embeds (not normalised)."""
+
+    part = "text_with_projection"
+    _top = ("text_model", "text_projection")
+
+    def __init__(self, config: Any, **kwargs):
+        super().__init__(config, **kwargs)
+        c, dt = self.config, self.dtype_policy
+        self.text_model = CLIPTextTransformer(c.text_config, dtype=dt)
+        self.text_projection = Dense(c.text_config.hidden_size, c.projection_dim, use_bias=False,
+                                     name="text_projection", dtype=dt)
+        self.built = True
+
+    def call(self, input_ids=None, attention_mask=None, position_ids=None, output_attentions=None,
+             output_hidden_states=None, training=None):
+        out = self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              output_attentions=_flag(output_attentions),
+                              output_hidden_states=_flag(output_hidden_states))
+        return CLIPTextModelOutput(self.text_projection(out.pooler_output), out.last_hidden_state,
+                                   out.hidden_states, out.attentions)
+
+
+@_serializable
+class CLIPVisionModel(CLIPPreTrainedModel):
+    """The vision tower alone (ViT or ModifiedResNet)."""
+
+    part = "vision"
+    _top = ("vision_model",)
+
+    def __init__(self, config: Any, **kwargs):
+        super().__init__(config, **kwargs)
+        self.vision_model = _vision_tower(self.config, self.dtype_policy)
+        self.built = True
+
+    def call(self, pixel_values=None, output_attentions=None, output_hidden_states=None,
+             interpolate_pos_encoding=False, training=None):
+        return self._vision(pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding, training)
+
+
+@_serializable
+class CLIPVisionModelWithProjection(_ImageFeatures, CLIPPreTrainedModel):
+    """The vision tower plus ``visual_projection`` (a ResNet's attention pool already projects)."""
+
+    part = "vision_with_projection"
+    _top = ("vision_model", "visual_projection")
+
+    def __init__(self, config: Any, **kwargs):
+        super().__init__(config, **kwargs)
+        c, dt = self.config, self.dtype_policy
+        self.vision_model = _vision_tower(c, dt)
+        if not c.is_resnet:
+            self.visual_projection = Dense(c.vision_config.hidden_size, c.projection_dim, use_bias=False,
+                                           name="visual_projection", dtype=dt)
+        self.built = True
+
+    def call(self, pixel_values=None, output_attentions=None, output_hidden_states=None,
+             interpolate_pos_encoding=False, training=None):
+        out = self._vision(pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding, training)
+        embeds = out.pooler_output if self.config.is_resnet else self.visual_projection(out.pooler_output)
+        return CLIPVisionModelOutput(embeds, out.last_hidden_state, out.hidden_states, out.attentions)
+
+
+@_serializable
+class CLIPForImageClassification(CLIPPreTrainedModel):
+    """Mean of the patch tokens (ViT) or of the last feature map (ResNet) -> linear ``classifier``."""
+
+    part = "classification"
+    _top = ("vision_model", "classifier")
+
+    def __init__(self, config: Any, num_labels: Optional[int] = None, **kwargs):
+        super().__init__(config, **kwargs)
+        extra = self.config.extra
+        self._num_labels = int(num_labels or extra.get("num_labels") or len(extra.get("id2label") or {}) or 2)
+        self.vision_model = _vision_tower(self.config, self.dtype_policy)
+        self.classifier = Dense(self.config.vision_config.hidden_size, self._num_labels, name="classifier",
+                                dtype=self.dtype_policy)
+        self.built = True
+
+    @property
+    def num_labels(self) -> int:
+        return self._num_labels
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "num_labels": self._num_labels}
+
+    def call(self, pixel_values=None, labels=None, output_attentions=None, output_hidden_states=None,
+             interpolate_pos_encoding=False, return_loss=None, training=None):
+        out = self._vision(pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding, training)
+        h = out.last_hidden_state
+        feats = tf.reduce_mean(h, axis=[2, 3]) if self.config.is_resnet else tf.reduce_mean(h[:, 1:], axis=1)
+        logits = tf.cast(self.classifier(feats), tf.float32)
+        return ImageClassifierOutput(_classification_loss(logits, labels), logits, out.hidden_states, out.attentions)
+
+
+def _classification_loss(logits, labels):
+    """Hugging Face's problem types: regression (1 label), single-label (int labels), multi-label."""
+    if labels is None:
+        return None
+    labels = tf.convert_to_tensor(labels)
+    if logits.shape[-1] == 1:
+        return tf.reduce_mean(tf.square(tf.squeeze(logits, -1) - tf.cast(tf.reshape(labels, [-1]), tf.float32)))
+    if labels.dtype.is_integer:
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(tf.reshape(labels, [-1]), logits))
+    return tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(tf.cast(labels, tf.float32), logits))

@@ -1,0 +1,179 @@
+"""Minimal Keras 3 building blocks with Hugging Face TF weight names and exact CLIP numerics.
+
+Every variable is created in ``__init__`` (shapes come from the config), stored under the attribute
+whose name is its leaf in Hugging Face TF (``kernel``, ``bias``, ``gamma``, ``beta``, ``weight``,
+``embeddings``, ``moving_mean`` ...), so :func:`named_variables` can build the ``{tf path: variable}``
+index that :mod:`clip_core.schema` expects by walking attributes. Layer norms and softmax compute in
+float32 whatever the dtype policy.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Optional
+
+import keras
+import tensorflow as tf
+
+__all__ = ["Dense", "LayerNorm", "Embedding", "Conv2D", "BatchNorm", "activation", "named_variables",
+           "param", "policy_dtype", "shape_list"]
+
+
+def shape_list(x) -> list:
+    """The shape of ``x`` with static dimensions as ints and unknown ones as scalar tensors."""
+    dynamic = tf.shape(x)
+    return [dynamic[i] if d is None else d for i, d in enumerate(x.shape.as_list())]
+
+
+def policy_dtype(dtype) -> Optional[keras.DTypePolicy]:
+    """A Keras dtype policy (or None for the global one) from a name, a policy or a config dict."""
+    if dtype is None or isinstance(dtype, keras.DTypePolicy):
+        return dtype
+    if isinstance(dtype, dict):
+        return keras.dtype_policies.deserialize(dtype)
+    return keras.DTypePolicy(str(dtype))
+
+
+def param(layer: keras.layers.Layer, name: str, shape: tuple, init: str = "zeros", trainable: bool = True,
+          autocast: bool = True, aggregation: str = "none") -> keras.Variable:
+    """Create a variable on ``layer`` and store it under attribute ``name``."""
+    var = layer.add_weight(shape=tuple(shape), initializer=init, name=name, trainable=trainable,
+                           autocast=autocast, aggregation=aggregation)
+    setattr(layer, name, var)
+    return var
+
+
+class _Leaf(keras.layers.Layer):
+    """A layer whose variables exist from construction on."""
+
+    def __init__(self, name: str, dtype=None):
+        super().__init__(name=name, dtype=policy_dtype(dtype))
+
+    def _done(self) -> None:
+        self.built = True
+
+
+class Dense(_Leaf):
+    """``x @ kernel (+ bias)``; kernel is ``(in, out)`` (HF TF layout)."""
+
+    def __init__(self, n_in: int, n_out: int, use_bias: bool = True, name: str = "dense", dtype=None):
+        super().__init__(name, dtype)
+        param(self, "kernel", (n_in, n_out), "glorot_uniform")
+        self.use_bias = use_bias
+        if use_bias:
+            param(self, "bias", (n_out,))
+        self._done()
+
+    def call(self, x):
+        kernel = tf.cast(self.kernel, x.dtype)
+        if x.shape.rank == 2:
+            y = tf.matmul(x, kernel)
+        else:  # (..., I) -> (N, I) @ (I, O) -> (..., O): one plain GEMM
+            y = tf.reshape(tf.matmul(tf.reshape(x, [-1, kernel.shape[0]]), kernel),
+                           shape_list(x)[:-1] + [kernel.shape[1]])
+        return y + tf.cast(self.bias, y.dtype) if self.use_bias else y
+
+
+class LayerNorm(_Leaf):
+    """Layer norm over the last axis with an explicit ``eps``, always computed in float32."""
+
+    def __init__(self, dim: int, eps: float, name: str = "layer_norm", dtype=None):
+        super().__init__(name, dtype)
+        self.eps = float(eps)
+        param(self, "gamma", (dim,), "ones", autocast=False)
+        param(self, "beta", (dim,), "zeros", autocast=False)
+        self._done()
+
+    def call(self, x):
+        in_dtype = x.dtype
+        x = tf.cast(x, tf.float32)
+        mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
+        y = (x - mean) * tf.math.rsqrt(var + self.eps) * self.gamma + self.beta
+        return tf.cast(y, in_dtype)
+
+
+class Embedding(_Leaf):
+    """A lookup table stored under attribute ``leaf`` (HF TF: ``weight`` or ``embeddings``)."""
+
+    def __init__(self, num: int, dim: int, leaf: str = "embeddings", name: str = "embedding", dtype=None):
+        super().__init__(name, dtype)
+        self.leaf = leaf
+        param(self, leaf, (num, dim), keras.initializers.RandomNormal(stddev=0.02))
+        self._done()
+
+    @property
+    def table(self) -> keras.Variable:
+        return getattr(self, self.leaf)
+
+    def call(self, ids):
+        return tf.gather(tf.cast(self.table, self.compute_dtype), ids)
+
+
+class Conv2D(_Leaf):
+    """NHWC convolution without bias, kernel ``HWIO``, explicit symmetric zero padding."""
+
+    def __init__(self, n_in: int, n_out: int, size: int, stride: int = 1, padding: int = 0,
+                 name: str = "conv", dtype=None):
+        super().__init__(name, dtype)
+        self.stride, self.padding = stride, padding
+        param(self, "kernel", (size, size, n_in, n_out), "he_normal")
+        self._done()
+
+    def call(self, x):  # (B, H, W, C)
+        if self.padding:
+            p = self.padding
+            x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
+        return tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), self.stride, "VALID")
+
+
+class BatchNorm(_Leaf):
+    """Batch norm over the channel axis (NHWC): running statistics unless ``training=True``."""
+
+    def __init__(self, dim: int, eps: float = 1e-5, momentum: float = 0.1, name: str = "bn", dtype=None):
+        super().__init__(name, dtype)
+        self.eps, self.momentum = float(eps), float(momentum)
+        param(self, "gamma", (dim,), "ones", autocast=False)
+        param(self, "beta", (dim,), "zeros", autocast=False)
+        param(self, "moving_mean", (dim,), "zeros", trainable=False, autocast=False, aggregation="mean")
+        param(self, "moving_variance", (dim,), "ones", trainable=False, autocast=False, aggregation="mean")
+        self._done()
+
+    def call(self, x, training=False):
+        in_dtype = x.dtype
+        x = tf.cast(x, tf.float32)
+        if training:
+            mean, var = tf.nn.moments(x, axes=[0, 1, 2])
+            n = tf.cast(tf.reduce_prod(tf.shape(x)[:3]), tf.float32)
+            unbiased = var * n / tf.maximum(n - 1.0, 1.0)  # PyTorch keeps the unbiased running var
+            self.moving_mean.assign(self.moving_mean * (1 - self.momentum) + mean * self.momentum)
+            self.moving_variance.assign(self.moving_variance * (1 - self.momentum) + unbiased * self.momentum)
+        else:
+            mean, var = self.moving_mean, self.moving_variance
+        scale = self.gamma * tf.math.rsqrt(var + self.eps)
+        return tf.cast(x * scale + (self.beta - mean * scale), in_dtype)
+
+
+def activation(name: str):
+    """The activation function a config names (``quick_gelu``, exact ``gelu``, tanh gelus, ``relu``)."""
+    if name == "quick_gelu":
+        return lambda x: x * tf.sigmoid(tf.constant(1.702, x.dtype) * x)
+    if name == "gelu":
+        return lambda x: tf.nn.gelu(x, approximate=False)
+    if name in ("gelu_new", "gelu_pytorch_tanh"):
+        return lambda x: tf.nn.gelu(x, approximate=True)
+    if name == "relu":
+        return tf.nn.relu
+    raise ValueError(f"unsupported activation {name!r}")
+
+
+def named_variables(obj, prefix: str = "") -> Iterator[tuple[str, keras.Variable]]:
+    """Yield ``(HF TF path, variable)`` by walking public attributes; lists get ``name_._i``."""
+    for attr, value in sorted(vars(obj).items()):
+        if attr.startswith("_"):
+            continue
+        path = f"{prefix}{attr}"
+        if isinstance(value, keras.Variable):
+            yield path, value
+        elif isinstance(value, keras.layers.Layer):
+            yield from named_variables(value, path + "/")
+        elif isinstance(value, (list, tuple)) and value and all(isinstance(v, keras.layers.Layer) for v in value):
+            for i, child in enumerate(value):
+                yield from named_variables(child, f"{path}_._{i}/")
