@@ -1,0 +1,207 @@
+"""Transformer building blocks shared by the text tower and the ViT: attention, MLP, encoder.
+
+Numerics follow Hugging Face transformers 4.57 / OpenAI CLIP exactly: pre-LayerNorm blocks,
+LayerNorm eps from the config, additive attention masks with the dtype's minimum, softmax in fp32.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = ["LayerNorm", "CLIPAttention", "CLIPMLP", "CLIPEncoderLayer", "CLIPEncoder", "activation",
+           "ATTN_IMPLEMENTATIONS"]
+
+ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the input / parameter dtype (fp16 / bf16 safe)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        w = None if self.weight is None else self.weight.float()
+        b = None if self.bias is None else self.bias.float()
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+
+def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def activation(name: str):
+    """The activation function ``name`` of a config (``quick_gelu``, exact-erf ``gelu``, ...)."""
+    table = {"quick_gelu": _quick_gelu, "gelu": F.gelu, "gelu_new": _gelu_tanh,
+             "gelu_pytorch_tanh": _gelu_tanh, "relu": F.relu}
+    if name not in table:
+        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(table)}")
+    return table[name]
+
+
+def check_attn_implementation(name: str) -> str:
+    if name not in ATTN_IMPLEMENTATIONS:
+        raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
+    return name
+
+
+def _version(t: torch.Tensor) -> int:
+    """The in-place version counter (inference tensors have none: they cannot change in place
+    outside inference mode, and inside it their storage pointer is the key)."""
+    try:
+        return t._version
+    except RuntimeError:
+        return -1
+
+
+def _is_compiling() -> bool:
+    return bool(getattr(torch, "compiler", None) and torch.compiler.is_compiling())
+
+
+class CLIPAttention(nn.Module):
+    """Multi-head self-attention with separate q/k/v/out projections (the schema's names).
+
+    ``attn_implementation="sdpa"`` uses ``F.scaled_dot_product_attention``; ``"eager"`` (or any call
+    with ``output_attentions=True``) computes the weights explicitly and can return them. Without
+    autograd, q/k/v run as one fused matmul whose concatenated weight is cached and rebuilt when any
+    projection parameter changes (its version counter or storage moves).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, dropout: float = 0.0,
+                 attn_implementation: str = "sdpa") -> None:
+        super().__init__()
+        self.embed_dim, self.num_heads = hidden_size, num_heads
+        self.head_dim = hidden_size // num_heads
+        self.scale = self.head_dim ** -0.5
+        self.dropout = dropout
+        self.attn_implementation = check_attn_implementation(attn_implementation)
+        self.fuse_qkv = True
+        self.k_proj = nn.Linear(hidden_size, hidden_size)
+        self.v_proj = nn.Linear(hidden_size, hidden_size)
+        self.q_proj = nn.Linear(hidden_size, hidden_size)
+        self.out_proj = nn.Linear(hidden_size, hidden_size)
+        self._fused: Optional[tuple] = None  # (key, weight, bias)
+
+    def _fused_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        params = (self.q_proj.weight, self.k_proj.weight, self.v_proj.weight,
+                  self.q_proj.bias, self.k_proj.bias, self.v_proj.bias)
+        key = tuple((p.data_ptr(), _version(p), p.dtype, p.device) for p in params)
+        if self._fused is None or self._fused[0] != key:
+            w = torch.cat(params[:3], 0)  # (3C, C)
+            b = torch.cat(params[3:], 0)  # (3C,)
+            self._fused = (key, w, b)
+        return self._fused[1], self._fused[2]
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, C = x.shape
+        H, hd = self.num_heads, self.head_dim
+        if self.fuse_qkv and not torch.is_grad_enabled() and not _is_compiling():
+            w, b = self._fused_weights()
+            qkv = F.linear(x, w, b).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
+            return qkv[0], qkv[1], qkv[2]
+        q = self.q_proj(x).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
+        k = self.k_proj(x).view(B, T, H, hd).transpose(1, 2)
+        v = self.v_proj(x).view(B, T, H, hd).transpose(1, 2)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
+                output_attentions: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``x`` (B, T, C); ``attention_mask`` additive (B|1, 1, T, T) or None; ``is_causal`` only
+        when no mask is given. Returns ``(out (B, T, C), weights (B, H, T, T) or None)``."""
+        B, T, C = x.shape
+        q, k, v = self._qkv(x)
+        p = self.dropout if self.training else 0.0
+        weights = None
+        if output_attentions or self.attn_implementation == "eager":
+            if is_causal:
+                attention_mask = causal_mask(T, x.dtype, x.device)
+            scores = torch.matmul(q, k.transpose(-1, -2)) * self.scale  # (B, H, T, T)
+            if attention_mask is not None:
+                scores = scores + attention_mask
+            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            out = torch.matmul(F.dropout(weights, p, self.training), v)  # (B, H, T, hd)
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=p,
+                                                 is_causal=is_causal and attention_mask is None, scale=self.scale)
+        out = out.transpose(1, 2).reshape(B, T, C)
+        return self.out_proj(out), (weights if output_attentions else None)
+
+
+def causal_mask(T: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """Additive causal mask (1, 1, T, T): 0 on and below the diagonal, the dtype's minimum above."""
+    m = torch.full((T, T), torch.finfo(dtype).min, dtype=dtype, device=device)
+    return torch.triu(m, diagonal=1)[None, None]
+
+
+class CLIPMLP(nn.Module):
+    """fc1 -> activation -> fc2."""
+
+    def __init__(self, hidden_size: int, intermediate_size: int, hidden_act: str) -> None:
+        super().__init__()
+        self.act_name = hidden_act
+        self.act = activation(hidden_act)
+        self.fc1 = nn.Linear(hidden_size, intermediate_size)
+        self.fc2 = nn.Linear(intermediate_size, hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)  # (B, T, I)
+        if self.act_name == "quick_gelu" and not torch.is_grad_enabled() and not _is_compiling():
+            h = h.mul_(torch.sigmoid_(h * 1.702))  # same arithmetic as _quick_gelu, fewer temporaries
+        else:
+            h = self.act(h)
+        return self.fc2(h)
+
+
+class CLIPEncoderLayer(nn.Module):
+    """Pre-LayerNorm transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+
+    def __init__(self, config, attn_implementation: str = "sdpa") -> None:
+        super().__init__()
+        d = config.hidden_size
+        self.self_attn = CLIPAttention(d, config.num_attention_heads, config.attention_dropout, attn_implementation)
+        self.layer_norm1 = LayerNorm(d, eps=config.layer_norm_eps)
+        self.mlp = CLIPMLP(d, config.intermediate_size, config.hidden_act)
+        self.layer_norm2 = LayerNorm(d, eps=config.layer_norm_eps)
+
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
+                output_attentions: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        h, weights = self.self_attn(self.layer_norm1(x), attention_mask, is_causal, output_attentions)
+        if torch.is_grad_enabled() or _is_compiling():
+            x = x + h
+            return x + self.mlp(self.layer_norm2(x)), weights
+        x = h.add_(x)  # in place into the fresh branch output (x itself may be kept in hidden_states)
+        return self.mlp(self.layer_norm2(x)).add_(x), weights
+
+
+class CLIPEncoder(nn.Module):
+    """A stack of :class:`CLIPEncoderLayer`; optional gradient checkpointing in training."""
+
+    def __init__(self, config, attn_implementation: str = "sdpa") -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(CLIPEncoderLayer(config, attn_implementation)
+                                    for _ in range(config.num_hidden_layers))
+        self.gradient_checkpointing = False
+
+    def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
+                output_attentions: bool = False, output_hidden_states: bool = False):
+        """Returns ``(last (B, T, C), hidden_states tuple or None, attentions tuple or None)``;
+        ``hidden_states`` = (input, output of every layer), as Hugging Face."""
+        hidden = [x] if output_hidden_states else None
+        attns = [] if output_attentions else None
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+                x, w = checkpoint(layer, x, attention_mask, is_causal, output_attentions, use_reentrant=False)
+            else:
+                x, w = layer(x, attention_mask, is_causal, output_attentions)
+            if hidden is not None:
+                hidden.append(x)
+            if attns is not None:
+                attns.append(w)
+        return x, (tuple(hidden) if hidden is not None else None), (tuple(attns) if attns is not None else None)

@@ -1,0 +1,90 @@
+"""The Vision Transformer tower: patch embedding, class token, pre/post LayerNorm (HF names)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from clip_core.config import CLIPVisionConfig
+from clip_core.outputs import BaseModelOutputWithPooling
+
+from .layers import CLIPEncoder, LayerNorm
+
+__all__ = ["CLIPVisionEmbeddings", "CLIPVisionTransformer"]
+
+
+class CLIPVisionEmbeddings(nn.Module):
+    """Patch embedding (a stride = kernel conv, run as one matmul), class token, positions."""
+
+    def __init__(self, config: CLIPVisionConfig) -> None:
+        super().__init__()
+        self.config = config
+        d, p = config.hidden_size, config.patch_size
+        self.patch_size, self.image_size = p, config.image_size
+        self.class_embedding = nn.Parameter(torch.empty(d))
+        self.patch_embedding = nn.Conv2d(config.num_channels, d, kernel_size=p, stride=p, bias=False)
+        self.position_embedding = nn.Embedding(config.num_positions, d)
+
+    def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, N, D): the conv as a matmul over flattened patches (exact)."""
+        w = self.patch_embedding.weight  # (D, C, p, p)
+        x = pixel_values.to(w.dtype)
+        B, C, H, W = x.shape
+        p = self.patch_size
+        gh, gw = H // p, W // p
+        x = x[:, :, : gh * p, : gw * p].reshape(B, C, gh, p, gw, p)
+        x = x.permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * p * p)  # (B, N, C*p*p)
+        return torch.matmul(x, w.reshape(w.shape[0], -1).t())  # (B, N, D)
+
+    def interpolate_pos_encoding(self, num_patches: int, height: int, width: int) -> torch.Tensor:
+        """Position embeddings (1, 1 + N, D) for an image of ``height`` x ``width`` (HF 4.57 bicubic)."""
+        pos = self.position_embedding.weight.unsqueeze(0)  # (1, P+1, D)
+        num_positions = pos.shape[1] - 1
+        if num_patches == num_positions and height == width:
+            return pos
+        dim = pos.shape[-1]
+        side = int(num_positions ** 0.5)
+        grid = pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)  # (1, D, s, s)
+        grid = F.interpolate(grid, size=(height // self.patch_size, width // self.patch_size),
+                             mode="bicubic", align_corners=False)
+        grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
+        return torch.cat([pos[:, :1], grid], dim=1)
+
+    def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
+        if pixel_values.dim() != 4:
+            raise ValueError(f"pixel_values must be (B, C, H, W), got shape {tuple(pixel_values.shape)}")
+        B, C, H, W = pixel_values.shape
+        if C != self.config.num_channels:
+            raise ValueError(f"pixel_values have {C} channels, the model expects {self.config.num_channels}")
+        if not interpolate_pos_encoding and (H != self.image_size or W != self.image_size):
+            raise ValueError(f"Input image size ({H}*{W}) doesn't match model ({self.image_size}*{self.image_size}); "
+                             "pass interpolate_pos_encoding=True for other sizes")
+        patches = self.patchify(pixel_values)  # (B, N, D)
+        cls = self.class_embedding.to(patches.dtype).expand(B, 1, -1)
+        x = torch.cat([cls, patches], dim=1)  # (B, 1 + N, D)
+        if interpolate_pos_encoding:
+            return x + self.interpolate_pos_encoding(patches.shape[1], H, W)
+        return x + self.position_embedding.weight  # (1+N, D) broadcast
+
+
+class CLIPVisionTransformer(nn.Module):
+    """ViT: embeddings -> pre_layrnorm -> encoder; pooled = post_layernorm(class token)."""
+
+    def __init__(self, config: CLIPVisionConfig, attn_implementation: str = "sdpa") -> None:
+        super().__init__()
+        self.config = config
+        self.embeddings = CLIPVisionEmbeddings(config)
+        self.pre_layrnorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.encoder = CLIPEncoder(config, attn_implementation)
+        self.post_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def forward(self, pixel_values: torch.Tensor, output_attentions: bool = False,
+                output_hidden_states: bool = False, interpolate_pos_encoding: bool = False
+                ) -> BaseModelOutputWithPooling:
+        """``pixel_values`` (B, C, H, W) -> ``last_hidden_state`` (B, 1 + N, D) (encoder output, as HF),
+        ``pooler_output`` (B, D)."""
+        x = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
+        last, hidden, attns = self.encoder(x, None, False, output_attentions, output_hidden_states)
+        pooled = self.post_layernorm(last[:, 0])
+        return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled,
+                                          hidden_states=hidden, attentions=attns)
