@@ -18,6 +18,8 @@ _LAZY = {
     "tokenize": ".tokenizer",
     "CLIPImageProcessor": ".image_processing",
     "CLIPProcessor": ".processor",
+    "default_model_path": ".default_model",
+    "resolve_checkpoint": ".default_model",
 }
 
 
@@ -35,5 +37,5 @@ __all__ = [
     "available_models", "get_config", "schema", "parameter_shapes", "to_backend", "from_backend",
     "check_weights", "WeightMismatchError", "ModelOutput", "BaseModelOutputWithPooling",
     "CLIPTextModelOutput", "CLIPVisionModelOutput", "CLIPOutput", "ImageClassifierOutput",
-    "CLIPTokenizer", "tokenize", "CLIPImageProcessor", "CLIPProcessor",
+    "CLIPTokenizer", "tokenize", "CLIPImageProcessor", "CLIPProcessor", "default_model_path", "resolve_checkpoint",
 ]

@@ -1,0 +1,81 @@
+"""``clip-zoo classify``: zero-shot classification with prompt ensembling."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from .errors import CLIZooError
+
+__all__ = ["add_parser", "run"]
+
+LOGIT_SCALE = 100.0  # as OpenAI's zero-shot notebook: softmax(100 * cos-sim)
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("classify", help="zero-shot classify images against a list of labels",
+                       description="Zero-shot classification: every label is put into every prompt template, "
+                                   "the text embeddings are averaged per label, and each image gets a "
+                                   "probability per label.")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders or glob patterns")
+    p.add_argument("--labels", required=True, help="comma-separated labels, or a file with one label a line")
+    p.add_argument("--templates", default="simple",
+                   help="prompt templates: openai (the 80 ImageNet prompts), openai7, simple (default), none, "
+                        "or a file with one template ('{}' = the label) a line")
+    p.add_argument("--top-k", type=int, default=5, help="labels shown per image (default 5)")
+    p.add_argument("--json", action="store_true", help="print JSON (one object per image, in a list)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(run=run)
+
+
+def _print_table(path: str, labels, idx, probs) -> None:
+    width = max(len(labels[i]) for i in idx)
+    print(path)
+    for rank, (i, p) in enumerate(zip(idx, probs), 1):
+        print(f"  {rank:>2}. {labels[i]:<{width}}  {100 * p:6.2f}%")
+
+
+def run(args: argparse.Namespace) -> int:
+    from clip_core import zero_shot as zs
+
+    from .engines import load_encoder
+    from .images import ImageLoader
+    from .inputs import expand_images
+
+    try:
+        labels = zs.parse_labels(args.labels)
+        templates = zs.get_templates(args.templates)
+    except ValueError as err:
+        raise CLIZooError(str(err)) from None
+    if args.top_k < 1 or args.batch_size < 1:
+        raise CLIZooError("--top-k and --batch-size must be at least 1")
+    paths = expand_images(args.images)
+    encoder = load_encoder(args.model, args.framework, args.threads)
+    weights = zs.build_zero_shot_weights(encoder.encode_texts, labels, templates)  # (D, L)
+    loader = ImageLoader(encoder.processor, args.threads)
+    results, failed = [], 0
+    try:
+        for start in range(0, len(paths), args.batch_size):
+            batch = paths[start:start + args.batch_size]
+            pixels, ok, errors = loader.collect(batch, loader.submit(batch))
+            for i, reason in errors.items():
+                print(f"clip-zoo: skipped {batch[i]}: {reason}", file=sys.stderr)
+            failed += len(errors)
+            if pixels is None:
+                continue
+            probs = zs.softmax(zs.zero_shot_logits(encoder.encode_images(pixels), weights, LOGIT_SCALE))
+            idx, val = zs.top_k(probs, args.top_k)
+            for row, i in enumerate(ok):
+                results.append((batch[i], idx[row], val[row]))
+                if not args.json:
+                    _print_table(batch[i], labels, idx[row], val[row])
+    finally:
+        loader.close()
+    if args.json:
+        out = [{"image": path, "predictions": [{"label": labels[int(i)], "probability": round(float(p), 6)}
+                                               for i, p in zip(idx, val)]} for path, idx, val in results]
+        json.dump(out, sys.stdout, indent=2)
+        print()
+    return 1 if failed else 0

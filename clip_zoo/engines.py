@@ -1,0 +1,223 @@
+"""Framework-neutral encoders: one thin adapter per backend, imported lazily (only the one in use).
+
+``load_encoder(model, framework)`` returns an :class:`Encoder` with
+``encode_images(pixel_values (N, 3, H, W) float32) -> (N, D)`` and ``encode_texts(list[str]) -> (N, D)``,
+both L2-normalized numpy float32, plus the checkpoint's tokenizer and image processor.
+Framework choice: ``--framework``, else ``$CLIP_ZOO_FRAMEWORK``, else the first installed of
+torch, flax, tf. Model choice: a path (any checkpoint format ``conversion`` reads), or ``default``
+(the bundled model).
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .errors import CLIZooError
+
+__all__ = ["FRAMEWORKS", "installed_frameworks", "resolve_framework", "resolve_model", "load_encoder", "Encoder"]
+
+FRAMEWORKS = ("torch", "flax", "tf")  # default preference order
+_MODULES = {"torch": ("torch", "clip_torch"), "flax": ("flax", "clip_flax"), "tf": ("tensorflow", "clip_tf")}
+_ALIASES = {"pytorch": "torch", "jax": "flax", "tensorflow": "tf", "keras": "tf"}
+ENV_FRAMEWORK = "CLIP_ZOO_FRAMEWORK"
+
+
+def _installed(name: str) -> bool:
+    framework, package = _MODULES[name]
+    return importlib.util.find_spec(framework) is not None and importlib.util.find_spec(package) is not None
+
+
+def installed_frameworks() -> list[str]:
+    """The frameworks (of torch, flax, tf, in preference order) whose backend can be imported."""
+    return [f for f in FRAMEWORKS if _installed(f)]
+
+
+def resolve_framework(name: Optional[str] = None) -> str:
+    """``name``, else ``$CLIP_ZOO_FRAMEWORK``, else the first installed framework."""
+    name = name or os.environ.get(ENV_FRAMEWORK) or None
+    if name is None:
+        found = installed_frameworks()
+        if not found:
+            raise CLIZooError("no deep-learning framework installed: pip install 'clip-zoo[torch]' (or [tf], [flax])")
+        return found[0]
+    key = _ALIASES.get(name.lower(), name.lower())
+    if key not in _MODULES:
+        raise CLIZooError(f"unknown framework {name!r}: choose one of {', '.join(FRAMEWORKS)}")
+    if not _installed(key):
+        raise CLIZooError(f"framework {key!r} is not installed: pip install 'clip-zoo[{key}]'")
+    return key
+
+
+def resolve_model(spec: Optional[str]) -> Path:
+    """The checkpoint path for ``spec``: ``None``/``default`` → the bundled model, else an existing path."""
+    if spec is None or spec == "default":
+        from clip_core.default_model import default_model_path
+
+        try:
+            return default_model_path()
+        except FileNotFoundError as err:
+            raise CLIZooError(str(err)) from None
+    path = Path(spec).expanduser()
+    if path.exists():
+        return path
+    from clip_core.presets import resolve_name
+
+    try:
+        resolve_name(spec)
+    except (ValueError, TypeError):
+        raise CLIZooError(f"unknown model {spec!r}: not a file or folder, and not a known model name "
+                          "(see `clip-zoo models`)") from None
+    raise CLIZooError(f"model {spec!r} has no local weights and clip-zoo never downloads: pass --model PATH to "
+                      "a checkpoint (OpenAI .pt, Hugging Face directory, open_clip file)")
+
+
+def _tokenizer_for(directory: Optional[Path]):
+    from clip_core import CLIPTokenizer
+
+    if directory is None:
+        return CLIPTokenizer()
+    if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file() or (directory / "tokenizer.json").is_file():
+        return CLIPTokenizer.from_pretrained(str(directory))
+    return CLIPTokenizer()
+
+
+def _processor_for(directory: Optional[Path], config, num_threads: Optional[int]):
+    from clip_core import CLIPImageProcessor
+
+    if directory is not None and (directory / "preprocessor_config.json").is_file():
+        return CLIPImageProcessor.from_pretrained(directory, num_threads=num_threads)
+    n = config.vision_config.image_size
+    return CLIPImageProcessor(mode="openai", size=n, crop_size=n, num_threads=num_threads)
+
+
+class Encoder:
+    """Base adapter: tokenizer + image processor + a backend model; subclasses run the model."""
+
+    framework = ""
+
+    def __init__(self, path: Path, threads: Optional[int] = None) -> None:
+        self.path = Path(path)
+        self.threads = threads
+        self.backend = importlib.import_module(_MODULES[self.framework][1])
+        self._setup_threads(threads)
+        self.model = self._load(self.path)
+        self.config = self.model.config
+        directory = self.path if self.path.is_dir() else None  # a single file (OpenAI .pt) has no side files
+        self.tokenizer = _tokenizer_for(directory)
+        self.processor = _processor_for(directory, self.config, threads)
+        self.context_length = self.config.text_config.max_position_embeddings
+
+    def _setup_threads(self, threads: Optional[int]) -> None:
+        """Limit the framework's intra-op threads (no-op by default)."""
+
+    def _load(self, path: Path):
+        return self.backend.CLIPModel.from_pretrained(path)
+
+    def _image_features(self, pixel_values: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def _text_features(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    @property
+    def dim(self) -> int:
+        return self.config.projection_dim
+
+    def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
+        """``(N, 3, H, W)`` float32 → ``(N, D)`` L2-normalized float32."""
+        from clip_core.zero_shot import l2_normalize
+
+        return l2_normalize(np.asarray(self._image_features(np.ascontiguousarray(pixel_values, np.float32)), np.float32))
+
+    def encode_texts(self, texts: Sequence[str]) -> np.ndarray:
+        """Texts → ``(N, D)`` L2-normalized float32 (truncated to the model's context length)."""
+        from clip_core.zero_shot import l2_normalize
+
+        enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.context_length,
+                             return_tensors="np")
+        ids = np.asarray(enc["input_ids"], np.int32)
+        mask = np.asarray(enc["attention_mask"], np.int32)
+        return l2_normalize(np.asarray(self._text_features(ids, mask), np.float32))
+
+
+class TorchEncoder(Encoder):
+    framework = "torch"
+
+    def _setup_threads(self, threads: Optional[int]) -> None:
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
+
+    def _image_features(self, pixel_values):
+        import torch
+
+        with torch.inference_mode():
+            return self.model.get_image_features(pixel_values=torch.from_numpy(pixel_values)).float().numpy()
+
+    def _text_features(self, input_ids, attention_mask):
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.get_text_features(input_ids=torch.from_numpy(input_ids).long(),
+                                               attention_mask=torch.from_numpy(attention_mask).long())
+            return out.float().numpy()
+
+
+class TFEncoder(Encoder):
+    framework = "tf"
+
+    def _setup_threads(self, threads: Optional[int]) -> None:
+        if threads:
+            import tensorflow as tf
+
+            try:
+                tf.config.threading.set_intra_op_parallelism_threads(threads)
+            except RuntimeError:  # already initialized in this process
+                pass
+
+    def _image_features(self, pixel_values):
+        import tensorflow as tf
+
+        return np.asarray(self.model.get_image_features(pixel_values=tf.constant(pixel_values)))
+
+    def _text_features(self, input_ids, attention_mask):
+        import tensorflow as tf
+
+        return np.asarray(self.model.get_text_features(input_ids=tf.constant(input_ids),
+                                                       attention_mask=tf.constant(attention_mask)))
+
+
+class FlaxEncoder(Encoder):
+    framework = "flax"
+
+    def _load(self, path: Path):
+        import jax
+
+        model = super()._load(path)
+        self._image_fn = jax.jit(lambda params, px: model.get_image_features(px, params=params))
+        self._text_fn = jax.jit(lambda params, ids, mask: model.get_text_features(ids, mask, params=params))
+        return model
+
+    def _image_features(self, pixel_values):
+        return np.asarray(self._image_fn(self.model.params, pixel_values))
+
+    def _text_features(self, input_ids, attention_mask):
+        return np.asarray(self._text_fn(self.model.params, input_ids, attention_mask))
+
+
+_ENCODERS = {"torch": TorchEncoder, "tf": TFEncoder, "flax": FlaxEncoder}
+
+
+def load_encoder(model: Optional[str] = None, framework: Optional[str] = None,
+                 threads: Optional[int] = None) -> Encoder:
+    """Resolve ``model`` and ``framework`` and load the encoder (errors are :class:`CLIZooError`)."""
+    name = resolve_framework(framework)
+    path = resolve_model(model)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return _ENCODERS[name](path, threads)

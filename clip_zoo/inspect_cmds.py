@@ -1,0 +1,101 @@
+"""``clip-zoo models`` (presets and what a checkpoint holds) and ``clip-zoo info`` (environment)."""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+
+__all__ = ["add_parsers"]
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("models", help="list model names, or describe a checkpoint",
+                       description="Without PATH: the bundled default model and the known architecture names "
+                                   "(which need a local checkpoint). With PATH: what the checkpoint holds.")
+    p.add_argument("path", nargs="?", metavar="PATH", help="a checkpoint file or directory (any supported format)")
+    p.set_defaults(run=run_models)
+    q = sub.add_parser("info", help="installed frameworks, versions, threads, CPU")
+    q.set_defaults(run=run_info)
+
+
+def _describe_checkpoint(path: str) -> int:
+    import conversion
+
+    from .errors import CLIZooError
+
+    if not os.path.exists(path):
+        raise CLIZooError(f"no such file or folder: {path}")
+    ckpt = conversion.read(path)
+    n = ckpt.num_parameters
+    dtypes = sorted({str(a.dtype) for a in ckpt.weights.values()})
+    print(f"path:         {ckpt.source}")
+    print(f"format:       {ckpt.format}")
+    print(f"architecture: {'ResNet' if ckpt.config.is_resnet else 'ViT'}: {ckpt.config.summary()}")
+    print(f"parameters:   {n:,} in {len(ckpt.weights)} tensors ({', '.join(dtypes)})")
+    return 0
+
+
+def run_models(args: argparse.Namespace) -> int:
+    from clip_core import available_models, get_config
+    from clip_core.default_model import default_model_path
+
+    if args.path:
+        return _describe_checkpoint(args.path)
+    try:
+        import json
+
+        path = default_model_path()
+        info = json.loads((path / "training.json").read_text(encoding="utf-8"))
+        top1 = info.get("metrics", {}).get("zero_shot_top1_caption_template")
+        print(f"default       (bundled) {info.get('config_summary', '')}")
+        print(f"              {path}; zero-shot top-1 on coloured shapes: {top1}")
+    except (FileNotFoundError, ValueError) as err:
+        print(f"default       (bundled model missing: {err})")
+    print("\nknown architectures (need a local checkpoint: pass --model PATH):")
+    for name in available_models():
+        print(f"{name:<14}{get_config(name).summary()}")
+    print("\nHugging Face ids (openai/clip-vit-base-patch32 ...) and open_clip names (ViT-B-32, "
+          "ViT-B-32-quickgelu, RN50 ...) are accepted as aliases.")
+    return 0
+
+
+def _version(dist: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from .engines import ENV_FRAMEWORK, installed_frameworks
+
+    found = installed_frameworks()
+    print(f"clip-zoo      {_version('clip-zoo')}")
+    print(f"python        {sys.version.split()[0]} ({platform.platform()})")
+    print(f"numpy         {_version('numpy')}")
+    for label, dist in (("torch", "torch"), ("tensorflow", "tensorflow"), ("keras", "keras"), ("jax", "jax"),
+                        ("flax", "flax"), ("optax", "optax")):
+        print(f"{label:<14}{_version(dist)}")
+    print(f"frameworks    {', '.join(found) or 'none'} (default: {os.environ.get(ENV_FRAMEWORK) or (found[0] if found else '-')})")
+    print(f"cpu           {_cpu_name()}; {os.cpu_count()} logical cores")
+    try:
+        avail = len(os.sched_getaffinity(0))
+    except AttributeError:
+        avail = os.cpu_count()
+    print(f"threads       {avail} usable; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}; "
+          f"--threads N sets the framework's and the image loader's threads")
+    return 0

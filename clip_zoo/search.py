@@ -1,0 +1,71 @@
+"""``clip-zoo search``: text-to-image (or image-to-image) search over an ``embed`` output."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CLIZooError
+
+__all__ = ["add_parser", "run"]
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("search", help="search an `embed` output with a text (or an image file)",
+                       description="Rank the images of an `embed` output by cosine similarity to a text query "
+                                   "(or to an image, when QUERY is an image file). The model and framework "
+                                   "default to the ones that made the embeddings.")
+    p.add_argument("embeddings", metavar="EMBEDDINGS", help="the .npy written by `clip-zoo embed`")
+    p.add_argument("query", metavar="QUERY", help="a text, or the path of an image file")
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=run)
+
+
+def _encode_query(encoder, query: str) -> tuple[np.ndarray, str]:
+    from .images import ImageLoader
+    from .inputs import is_image_name
+
+    if Path(query).is_file() and is_image_name(query):
+        loader = ImageLoader(encoder.processor, 1)
+        try:
+            pixels, _, errors = loader.collect([query], loader.submit([query]))
+        finally:
+            loader.close()
+        if pixels is None:
+            raise CLIZooError(f"cannot read query image {query}: {errors[0]}")
+        return encoder.encode_images(pixels)[0], "image"
+    if not query.strip():
+        raise CLIZooError("the query is empty")
+    return encoder.encode_texts([query])[0], "text"
+
+
+def run(args: argparse.Namespace) -> int:
+    from .embed import read_embeddings
+    from .engines import load_encoder
+
+    if args.top_k < 1:
+        raise CLIZooError("--top-k must be at least 1")
+    emb, index, meta = read_embeddings(args.embeddings)
+    rows = [r["row"] for r in index if r["kind"] == "image"] or [r["row"] for r in index]
+    if not rows:
+        raise CLIZooError(f"{args.embeddings} holds no embeddings")
+    model = args.model if args.model is not None else meta.get("model")
+    encoder = load_encoder(model, args.framework or meta.get("framework"), args.threads)
+    if encoder.dim != emb.shape[1]:
+        raise CLIZooError(f"the embeddings are {emb.shape[1]}-dimensional but model {model} gives {encoder.dim}: "
+                          f"search with the model that made them ({meta.get('model')})")
+    q, _ = _encode_query(encoder, args.query)
+    scores = emb[rows] @ q  # (R,)
+    order = np.argsort(-scores, kind="stable")[:args.top_k]
+    hits = [{"rank": n + 1, "score": round(float(scores[i]), 6), **index[rows[i]]} for n, i in enumerate(order)]
+    if args.json:
+        json.dump(hits, sys.stdout, indent=2)
+        print()
+        return 0
+    for h in hits:
+        print(f"{h['rank']:>3}. {h['score']:.4f}  {h.get('path', h.get('text'))}")
+    return 0

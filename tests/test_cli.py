@@ -1,0 +1,187 @@
+"""The clip-zoo command: bad input, classify, search, models, info, convert, --model in every format.
+
+A tiny random ViT (32 px) stands in for a real model here; the bundled default model's accuracy and
+the examples are checked in test_default_model.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import conversion
+from clip_core import CLIPConfig, shapes
+from clip_core.testing import random_weights, tiny_vit_config
+from clip_zoo.__main__ import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A canonical directory with a tiny random ViT CLIP (32 px images). Widths are 64 with one head
+    each, as OpenAI's format (which stores no config) implies: heads = width // 64, MLP = 4 * width."""
+    base = tiny_vit_config()
+    cfg = CLIPConfig(text_config=base.text_config.replace(hidden_size=64, intermediate_size=256, num_attention_heads=1),
+                     vision_config=base.vision_config.replace(hidden_size=64, intermediate_size=256,
+                                                              num_attention_heads=1),
+                     projection_dim=16)
+    path = tmp_path_factory.mktemp("tiny") / "ckpt"
+    conversion.save_checkpoint(path, cfg, random_weights(cfg, seed=1))
+    return path
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory):
+    """Six generated images, a corrupt .png and a text file."""
+    d = tmp_path_factory.mktemp("images")
+    data = shapes.generate(6, seed=7, size=48)
+    for i, (im, k) in enumerate(zip(data.images, data.label_ids)):
+        im.save(d / f"{i}_{shapes.label_names()[k].replace(' ', '_')}.png")
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    (d / "notes.txt").write_text("not an image")
+    return d
+
+
+def run_cli(capsys, *argv):
+    """Run ``main(argv)`` in-process → (exit status, stdout, stderr)."""
+    rc = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["classify", "missing.png", "--labels", "a,b"], "no such file or folder: missing.png"),
+    (["classify", "{img}", "--labels", " , "], "label list is empty"),
+    (["classify", "{img}", "--labels", "a,b", "--framework", "mxnet"], "unknown framework 'mxnet'"),
+    (["classify", "{img}", "--labels", "a,b", "--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["classify", "{img}", "--labels", "a,b", "--model", "ViT-B/32"], "never downloads"),
+    (["classify", "{img}", "--labels", "a,b", "--templates", "nope"], "unknown template set"),
+    (["classify", "nothing-*.png", "--labels", "a,b"], "no files match"),
+    (["embed", "--out", "{tmp}/e.npy"], "nothing to embed"),
+    (["embed", "{img}", "--out", "{tmp}/e.npy", "--texts", "{tmp}/missing.txt"], "no such texts file"),
+    (["search", "{tmp}/none.npy", "query"], "not found"),
+    (["models", "{tmp}/nothing"], "no such file or folder"),
+    (["classify", "{img}"], "required: --labels"),
+    (["frobnicate"], "invalid choice"),
+])
+def test_bad_input_is_one_line_error(capsys, tmp_path, image_dir, argv, message):
+    img = sorted(image_dir.glob("0_*.png"))[0]
+    argv = [a.format(img=img, tmp=tmp_path) for a in argv]
+    try:
+        rc = main(argv)
+    except SystemExit as exit_:  # argparse usage errors exit directly
+        rc = exit_.code
+    err = capsys.readouterr().err
+    assert rc != 0
+    assert message in err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+def test_console_command_bad_model_has_no_traceback(tmp_path, image_dir):
+    """The real entry point (`python -m clip_zoo`): a broken checkpoint is one line, exit status 1."""
+    bad = tmp_path / "broken"
+    bad.mkdir()
+    (bad / "config.json").write_text("{not json")
+    img = sorted(image_dir.glob("0_*.png"))[0]
+    proc = subprocess.run([sys.executable, "-m", "clip_zoo", "classify", str(img), "--labels", "a,b",
+                           "--model", str(bad)], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("clip-zoo")]
+    assert len(lines) == 1 and "error" in lines[0]
+
+
+def test_classify_table_json_and_skips(capsys, tiny_model, image_dir):
+    labels = "red circle,blue square,green star"
+    rc, out, err = run_cli(capsys, "classify", image_dir, "--labels", labels, "--model", tiny_model, "--json",
+                           "--top-k", "2", "--templates", "openai7")
+    assert rc == 1  # two inputs could not be read
+    assert "corrupt.png" in err and "notes.txt" in err
+    rows = json.loads(out)
+    assert len(rows) == 6
+    for row in rows:
+        probs = [p["probability"] for p in row["predictions"]]
+        assert len(probs) == 2 and probs[0] >= probs[1]
+        assert {p["label"] for p in row["predictions"]} <= set(labels.split(","))
+    rc, out, _ = run_cli(capsys, "classify", sorted(image_dir.glob("0_*.png"))[0], "--labels", labels,
+                         "--model", tiny_model)
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[0].endswith(".png") and len(lines) == 4 and lines[1].strip().startswith("1.")
+    total = sum(float(ln.rsplit(None, 1)[1].rstrip("%")) for ln in lines[1:])
+    np.testing.assert_allclose(total, 100.0, atol=0.05)
+
+
+def test_search_finds_the_image_itself(capsys, tmp_path, tiny_model, image_dir):
+    texts = tmp_path / "texts.txt"
+    texts.write_text("a photo of a cat\n\na photo of a dog\n")
+    out = tmp_path / "emb.npy"
+    rc, _, err = run_cli(capsys, "embed", image_dir, "--texts", texts, "--out", out, "--model", tiny_model,
+                         "--batch-size", "4", "--no-progress")
+    assert rc == 0 and "2 skipped" in err
+    emb = np.load(out)
+    index = [json.loads(x) for x in out.with_suffix(".index.jsonl").read_text().splitlines()]
+    assert emb.shape == (8, 16) and [r["kind"] for r in index] == ["image"] * 6 + ["text"] * 2
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    query = index[3]["path"]
+    rc, out_text, _ = run_cli(capsys, "search", out, query, "--top-k", "3", "--json")
+    hits = json.loads(out_text)
+    assert rc == 0 and hits[0]["path"] == query and hits[0]["score"] == pytest.approx(1.0, abs=1e-4)
+    assert all(h["kind"] == "image" for h in hits) and len(hits) == 3
+    rc, out_text, _ = run_cli(capsys, "search", out, "a photo of a cat", "--top-k", "6")
+    assert rc == 0 and len(out_text.splitlines()) == 6
+
+
+def test_models_and_info(capsys, tiny_model):
+    rc, out, _ = run_cli(capsys, "models")
+    assert rc == 0 and "ViT-B/32" in out and "RN50" in out and "default" in out
+    rc, out, _ = run_cli(capsys, "models", tiny_model)
+    assert rc == 0 and "format:       hf-safetensors" in out and "ViT layers=2 width=64" in out
+    rc, out, _ = run_cli(capsys, "info")
+    assert rc == 0 and "torch" in out and "threads" in out
+
+
+def test_convert_delegates_to_conversion(capsys, tmp_path, tiny_model):
+    rc, _, _ = run_cli(capsys, "convert", tiny_model, tmp_path / "model.pt", "--to", "openai", "--quiet")
+    assert rc == 0 and (tmp_path / "model.pt").is_file()
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory, tiny_model):
+    """The tiny model written in every format the conversion package supports."""
+    cfg, weights = conversion.load_checkpoint(tiny_model)
+    root = tmp_path_factory.mktemp("formats")
+    out = {}
+    for fmt in conversion.FORMATS:
+        path = root / ("model.pt" if fmt == "openai" else fmt)
+        conversion.save_checkpoint(path, cfg, weights, format=fmt)
+        out[fmt] = path
+    return out
+
+
+@pytest.mark.parametrize("fmt", conversion.FORMATS)
+def test_model_flag_reads_every_checkpoint_format(capsys, tmp_path, image_dir, checkpoints, tiny_model, fmt):
+    """classify / embed / search with --model in each format give the canonical model's results."""
+    images = sorted(image_dir.glob("*_*.png"))[:3]
+
+    def embed(model, name):
+        rc, _, _ = run_cli(capsys, "embed", *images, "--out", tmp_path / name, "--model", model, "--no-progress")
+        assert rc == 0
+        return np.load(tmp_path / name)
+
+    np.testing.assert_allclose(embed(checkpoints[fmt], "f.npy"), embed(tiny_model, "c.npy"), atol=1e-5)
+    rc, out, _ = run_cli(capsys, "classify", *images, "--labels", "red,green", "--model", checkpoints[fmt], "--json")
+    rc_ref, out_ref, _ = run_cli(capsys, "classify", *images, "--labels", "red,green", "--model", tiny_model, "--json")
+    assert rc == rc_ref == 0
+    got = [[p["probability"] for p in r["predictions"]] for r in json.loads(out)]
+    ref = [[p["probability"] for p in r["predictions"]] for r in json.loads(out_ref)]
+    np.testing.assert_allclose(got, ref, atol=1e-4)
+    rc, out, _ = run_cli(capsys, "search", tmp_path / "f.npy", "red", "--model", checkpoints[fmt], "--json")
+    assert rc == 0 and len(json.loads(out)) == 3

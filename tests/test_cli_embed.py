@@ -1,0 +1,109 @@
+"""`clip-zoo embed` over 2,000 generated images: killed halfway (SIGKILL) and restarted, the output
+equals an uninterrupted run's; a corrupt file and a non-image are reported and skipped."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import conversion
+from clip_core import CLIPConfig, shapes
+from clip_core.testing import random_weights, tiny_vit_config
+from clip_zoo.__main__ import main
+
+ROOT = Path(__file__).resolve().parent.parent
+N_IMAGES = 2000
+BATCH = 100
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """2,000 small generated PNGs in two sub-folders, plus a corrupt .jpg and a .txt."""
+    root = tmp_path_factory.mktemp("shapes")
+    data = shapes.generate(N_IMAGES, seed=11, size=16)
+    for i, im in enumerate(data.images):
+        sub = root / ("a" if i % 2 else "b")
+        sub.mkdir(exist_ok=True)
+        im.save(sub / f"{i:05d}.png", compress_level=1)
+    (root / "a" / "00100_corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    (root / "b" / "readme.txt").write_text("not an image")
+    return root
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    """A tiny random ViT at 16 px (patch 8): the test is about the pipeline, not the model."""
+    base = tiny_vit_config(image_size=16, patch_size=8)
+    cfg = CLIPConfig(text_config=base.text_config, vision_config=base.vision_config, projection_dim=16)
+    path = tmp_path_factory.mktemp("model") / "tiny"
+    conversion.save_checkpoint(path, cfg, random_weights(cfg, seed=2))
+    return path
+
+
+def _outputs(out: Path):
+    emb = np.load(out)
+    index = out.with_suffix(".index.jsonl").read_text().splitlines()
+    meta = json.loads(out.with_suffix(".meta.json").read_text())
+    return emb, index, meta
+
+
+def _args(folder, model, out):
+    return ["embed", str(folder), "--out", str(out), "--model", str(model), "--batch-size", str(BATCH),
+            "--threads", "1", "--no-progress"]
+
+
+def test_killed_run_resumes_to_the_same_output(tmp_path, folder, model, capsys):
+    full = tmp_path / "full.npy"
+    assert main(_args(folder, model, full)) == 0
+    err = capsys.readouterr().err
+    assert "00100_corrupt.jpg" in err and "readme.txt" in err  # reported ...
+    emb, index, meta = _outputs(full)
+    assert emb.shape == (N_IMAGES, 16) and len(index) == N_IMAGES  # ... and skipped
+    assert sorted(s["path"].rsplit("/", 1)[1] for s in meta["skipped"]) == ["00100_corrupt.jpg", "readme.txt"]
+    assert not Path(f"{full}.work").exists()
+
+    # Run again in a subprocess, slowed down per shard, and SIGKILL it once some shards exist.
+    out = tmp_path / "resumed.npy"
+    work = Path(f"{out}.work")
+    env = dict(os.environ, CLIP_ZOO_TEST_SHARD_SLEEP="0.5")
+    proc = subprocess.Popen([sys.executable, "-m", "clip_zoo", *_args(folder, model, out)[0:]], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 600
+        while len(list(work.glob("shard-*.npz"))) < 5:
+            assert proc.poll() is None, "the run ended before it could be killed"
+            assert time.time() < deadline, "no shards written"
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    finished = {p.name: p.stat().st_mtime_ns for p in work.glob("shard-*.npz")}
+    assert 5 <= len(finished) < N_IMAGES // BATCH + 1
+    assert not out.exists()  # nothing assembled yet
+
+    assert main(_args(folder, model, out) + ["--keep-work"]) == 0
+    capsys.readouterr()
+    for name, mtime in finished.items():  # finished shards were not redone
+        assert (work / name).stat().st_mtime_ns == mtime
+    emb2, index2, meta2 = _outputs(out)
+    np.testing.assert_allclose(emb2, emb, rtol=0, atol=1e-6)
+    assert index2 == index
+    assert meta2["skipped"] == meta["skipped"]
+
+
+def test_other_inputs_refuse_a_foreign_work_dir(tmp_path, folder, model, capsys):
+    out = tmp_path / "e.npy"
+    work = Path(f"{out}.work")
+    work.mkdir()
+    (work / "plan.json").write_text(json.dumps({"digest": "something else"}))
+    assert main(_args(folder / "b", model, out)) == 2
+    assert "--restart" in capsys.readouterr().err
+    assert main(_args(folder / "b", model, out) + ["--restart"]) == 0
+    assert np.load(out).shape == (N_IMAGES // 2, 16)
