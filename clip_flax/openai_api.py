@@ -15,7 +15,6 @@ import jax.numpy as jnp
 
 __all__ = ["load", "tokenize", "available_models"]
 
-_OPENAI_FILE = {"ViT-L/14@336px": "ViT-L-14-336px.pt"}
 
 
 def available_models() -> List[str]:
@@ -33,17 +32,9 @@ def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77, truncat
 
 
 def _resolve(name: str, download_root: Optional[str]) -> Path:
-    if os.path.exists(name):
-        return Path(name)
-    if name in available_models():
-        root = Path(download_root or os.path.expanduser("~/.cache/clip"))
-        path = root / _OPENAI_FILE.get(name, name.replace("/", "-") + ".pt")
-        if path.exists():
-            return path
-        raise FileNotFoundError(f"model {name!r} has no local file ({path}); clip_flax never downloads weights "
-                                f"(no network) - pass the path of a checkpoint file or directory")
-    raise FileNotFoundError(f"{name!r} is neither a local checkpoint path nor a known model name "
-                            f"(see clip_flax.available_models())")
+    from clip_core.default_model import resolve_checkpoint
+
+    return resolve_checkpoint(name, download_root)
 
 
 def _preprocess(image_size: int) -> Callable[[Any], jnp.ndarray]:

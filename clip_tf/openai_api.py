@@ -31,13 +31,9 @@ def load(name_or_path: Union[str, os.PathLike], jit_compile: Union[bool, str] = 
 
     from .models import CLIPModel
 
-    path = Path(name_or_path)
-    if not path.exists():
-        if str(name_or_path) in available_models():
-            raise FileNotFoundError(
-                f"{name_or_path!r} is a known model name but clip-zoo never downloads weights (no network); "
-                f"download the checkpoint yourself and pass its path to clip_tf.load")
-        raise FileNotFoundError(f"no checkpoint at {name_or_path!r} (and it is no known model name)")
+    from clip_core.default_model import resolve_checkpoint
+
+    path = resolve_checkpoint(name_or_path, kwargs.pop("download_root", None))
     model = CLIPModel.from_pretrained(path, jit_compile=jit_compile, dtype=dtype, **kwargs)
     size = model.config.vision_config.image_size
     processor = CLIPImageProcessor(mode="openai", size=size, crop_size=size)

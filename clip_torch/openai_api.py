@@ -12,11 +12,6 @@ import torch
 __all__ = ["load", "tokenize", "available_models"]
 
 # OpenAI's download file names, looked up (never downloaded) in ``download_root``.
-_FILES = {
-    "RN50": "RN50.pt", "RN101": "RN101.pt", "RN50x4": "RN50x4.pt", "RN50x16": "RN50x16.pt",
-    "RN50x64": "RN50x64.pt", "ViT-B/32": "ViT-B-32.pt", "ViT-B/16": "ViT-B-16.pt",
-    "ViT-L/14": "ViT-L-14.pt", "ViT-L/14@336px": "ViT-L-14-336px.pt",
-}
 
 
 def available_models() -> List[str]:
@@ -35,18 +30,9 @@ def tokenize(texts: Union[str, List[str]], context_length: int = 77, truncate: b
 
 
 def _resolve(name: str, download_root: Optional[str]) -> Path:
-    if os.path.exists(name):
-        return Path(name)
-    if name in _FILES:
-        root = Path(download_root or os.path.expanduser("~/.cache/clip"))
-        path = root / _FILES[name]
-        if path.exists():
-            return path
-        raise FileNotFoundError(
-            f"model {name!r} is not available locally (looked for {path}); clip_torch never downloads "
-            f"weights - pass the path of a checkpoint file or directory")
-    raise RuntimeError(f"Model {name} not found; available models = {available_models()} "
-                       f"(or pass the path of a local checkpoint)")
+    from clip_core.default_model import resolve_checkpoint
+
+    return resolve_checkpoint(name, download_root)
 
 
 def _preprocess(image_size: int) -> Callable:

@@ -21,7 +21,7 @@ class CLIPVisionEmbeddings(nn.Module):
         self.config = config
         d, p = config.hidden_size, config.patch_size
         self.patch_size, self.image_size = p, config.image_size
-        self.class_embedding = nn.Parameter(torch.empty(d))
+        self.class_embedding = nn.Parameter(torch.randn(d) * d ** -0.5)  # HF init; free on meta
         self.patch_embedding = nn.Conv2d(config.num_channels, d, kernel_size=p, stride=p, bias=False)
         self.position_embedding = nn.Embedding(config.num_positions, d)
 
