@@ -1,0 +1,76 @@
+"""`python -m benchmarks [--quick] [--only a,b]`: every benchmark, one JSON, one report.
+
+Each benchmark module runs in its own subprocess (TensorFlow must not share a process with
+torchvision, and memory peaks stay apart) and writes ``benchmarks/results/<name>.json``; this
+command gathers them into ``benchmarks/results/all.json`` and regenerates ``docs/performance.md``
+and its plots (``python -m benchmarks.report`` does only that last step).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import time
+
+from .common import RESULTS, environment, matmul_gflops
+
+# name: (module, frameworks it needs — skipped when none is installed)
+SUITE = {
+    "tokenizer": ("benchmarks.bench_tokenizer", ()),
+    "preprocess": ("benchmarks.bench_preprocess", ()),
+    "torch": ("benchmarks.bench_torch", ("torch",)),
+    "tf": ("benchmarks.bench_tf", ("tensorflow",)),
+    "flax": ("benchmarks.bench_flax", ("flax",)),
+    "conversion": ("benchmarks.bench_conversion", ()),
+}
+
+
+def _available(module: str, needs: tuple) -> bool:
+    return importlib.util.find_spec(module) is not None and all(importlib.util.find_spec(n) for n in needs)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (< 5 minutes)")
+    parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SUITE)}")
+    parser.add_argument("--no-report", action="store_true", help="skip regenerating docs/performance.md")
+    args = parser.parse_args(argv)
+    names = [n for n in (args.only.split(",") if args.only else SUITE) if n]
+    unknown = [n for n in names if n not in SUITE]
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {list(SUITE)}")
+    summary = {"quick": args.quick, "environment": environment(), "matmul_gflops": matmul_gflops(),
+               "runs": {}}
+    failed = []
+    for name in names:
+        module, needs = SUITE[name]
+        if not _available(module, needs):
+            summary["runs"][name] = {"status": "skipped", "reason": f"{module} or {needs} not installed"}
+            continue
+        start = time.perf_counter()
+        cmd = [sys.executable, "-m", module] + (["--quick"] if args.quick else [])
+        print(f"== {name}: {' '.join(cmd)}", flush=True)
+        proc = subprocess.run(cmd)
+        status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
+        summary["runs"][name] = {"status": status, "seconds": round(time.perf_counter() - start, 1)}
+        result = RESULTS / f"{name}.json"
+        if proc.returncode == 0 and result.exists():
+            summary["runs"][name]["result"] = json.loads(result.read_text())
+        elif proc.returncode != 0:
+            failed.append(name)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "all.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    print(f"wrote {RESULTS / 'all.json'}")
+    if not args.no_report:
+        from .report import generate
+
+        print(f"wrote {generate(RESULTS / 'all.json')}")
+    if failed:
+        print(f"failed: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
