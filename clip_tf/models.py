@@ -279,7 +279,7 @@ class CLIPModel(_TextFeatures, _ImageFeatures, CLIPPreTrainedModel):
         image_embeds = vision.pooler_output if self.config.is_resnet else self.visual_projection(vision.pooler_output)
         image_embeds = _normalize(tf.cast(image_embeds, tf.float32))
         text_embeds = _normalize(tf.cast(self.text_projection(text.pooler_output), tf.float32))
-        logits_per_text = tf.matmul(text_embeds, image_embeds, transpose_b=True) * tf.exp(self.logit_scale)
+        logits_per_text = tf.matmul(text_embeds, image_embeds, transpose_b=True) * tf.exp(tf.cast(self.logit_scale, tf.float32))
         loss = contrastive_loss(logits_per_text) if return_loss else None
         return CLIPOutput(loss, tf.transpose(logits_per_text), logits_per_text, text_embeds, image_embeds, text, vision)
 

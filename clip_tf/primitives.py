@@ -86,7 +86,8 @@ class LayerNorm(_Leaf):
         in_dtype = x.dtype
         x = tf.cast(x, tf.float32)
         mean, var = tf.nn.moments(x, axes=[-1], keepdims=True)
-        y = (x - mean) * tf.math.rsqrt(var + self.eps) * self.gamma + self.beta
+        gamma, beta = (tf.cast(v, tf.float32) for v in (self.gamma, self.beta))  # bf16/fp16 policies
+        y = (x - mean) * tf.math.rsqrt(var + self.eps) * gamma + beta
         return tf.cast(y, in_dtype)
 
 
@@ -146,9 +147,10 @@ class BatchNorm(_Leaf):
             self.moving_mean.assign(self.moving_mean * (1 - self.momentum) + mean * self.momentum)
             self.moving_variance.assign(self.moving_variance * (1 - self.momentum) + unbiased * self.momentum)
         else:
-            mean, var = self.moving_mean, self.moving_variance
-        scale = self.gamma * tf.math.rsqrt(var + self.eps)
-        return tf.cast(x * scale + (self.beta - mean * scale), in_dtype)
+            mean, var = (tf.cast(v, tf.float32) for v in (self.moving_mean, self.moving_variance))
+        gamma, beta = (tf.cast(v, tf.float32) for v in (self.gamma, self.beta))  # bf16/fp16 policies
+        scale = gamma * tf.math.rsqrt(var + self.eps)
+        return tf.cast(x * scale + (beta - mean * scale), in_dtype)
 
 
 def activation(name: str):

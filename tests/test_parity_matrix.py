@@ -285,8 +285,7 @@ def test_matrix_fp32(fmt, arch, backend):
     check_cell(f"{fmt}/{arch}/{backend}/fp32", backend, checkpoint(fmt, arch), arch, fmt)
 
 
-# TF low precision is not in the matrix: clip_tf with a float16/bfloat16 Keras policy fails these bounds (reported).
-LOW = [(dt, arch, be) for dt in ("fp16", "bf16") for arch in ("vit", "resnet") for be in ("torch", "flax")]
+LOW = [(dt, arch, be) for dt in ("fp16", "bf16") for arch in ("vit", "resnet") for be in BACKENDS]
 
 
 @pytest.mark.parametrize("dtype,arch,backend", LOW, ids=[f"{d}-{a}-{b}" for d, a, b in LOW])
