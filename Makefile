@@ -6,4 +6,4 @@ install-test:
 	$(PYTHON) -m pip install -e ".[all,test]"
 
 test: install-test
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q -n 2 --durations=25

@@ -10,7 +10,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DEFAULT_MODEL_NAME", "default_model_path", "default_model_info", "resolve_checkpoint"]
+__all__ = ["DEFAULT_MODEL_NAME", "default_model_path", "default_model_info", "resolve_checkpoint",
+           "ModelNotFoundError"]
 
 DEFAULT_MODEL_NAME = "default"
 _DIR = Path(__file__).resolve().parent / "data" / "default"
@@ -62,5 +63,9 @@ def resolve_checkpoint(name_or_path: Any, download_root: Any = None) -> Path:
         raise FileNotFoundError(
             f"model {name!r} is not available locally (looked for {root / _OPENAI_FILES[name]}); clip-zoo never "
             f"downloads weights - pass the path of a checkpoint file or directory")
-    raise FileNotFoundError(f"no checkpoint at {name!r}, and it is not a model name "
-                            f"('default' or one of {available_models()})")
+    raise ModelNotFoundError(f"Model {name} not found: no checkpoint at that path, and it is not a model name "
+                             f"('default' or one of {available_models()})")
+
+
+class ModelNotFoundError(FileNotFoundError, RuntimeError):
+    """Neither a path nor a known name. A ``RuntimeError`` too, as OpenAI's ``clip.load`` raises."""
