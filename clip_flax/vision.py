@@ -10,30 +10,10 @@ import jax.numpy as jnp
 import flax.linen as nn
 
 from clip_core.config import CLIPVisionConfig
+from clip_core.interpolate import bicubic_matrix
 from clip_core.outputs import BaseModelOutputWithPooling
 
 from .layers import CLIPEncoder, Dtype, layer_norm
-
-
-def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
-    """(n_out, n_in) weights of PyTorch's bicubic resize (align_corners=False, A=-0.75, edge clamp)."""
-    def cubic(x):
-        x = abs(x)
-        if x <= 1:
-            return ((a + 2) * x - (a + 3)) * x * x + 1
-        if x < 2:
-            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-        return 0.0
-
-    m = np.zeros((n_out, n_in), np.float64)
-    scale = n_in / n_out
-    for i in range(n_out):
-        src = (i + 0.5) * scale - 0.5
-        f = int(np.floor(src))
-        t = src - f
-        for k in range(-1, 3):
-            m[i, min(max(f + k, 0), n_in - 1)] += cubic(k - t)
-    return m
 
 
 class PatchEmbedding(nn.Module):

@@ -5,33 +5,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from clip_core.interpolate import bicubic_matrix
 from clip_core.outputs import BaseModelOutputWithPooling
 
 from .layers import CLIPEncoder
 from .primitives import Embedding, LayerNorm, param, policy_dtype, shape_list
 
-__all__ = ["CLIPVisionEmbeddings", "CLIPVisionTransformer", "bicubic_matrix", "to_nchw"]
-
-
-def bicubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
-    """(n_out, n_in) matrix of PyTorch's bicubic resize (align_corners=False, edge-clamped, A=-0.75)."""
-    def cubic(x):
-        x = abs(x)
-        if x <= 1:
-            return ((a + 2) * x - (a + 3)) * x * x + 1
-        if x < 2:
-            return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-        return 0.0
-
-    m = np.zeros((n_out, n_in), np.float64)
-    scale = n_in / n_out
-    for i in range(n_out):
-        src = (i + 0.5) * scale - 0.5
-        base = int(np.floor(src))
-        t = src - base
-        for k in range(-1, 3):
-            m[i, min(max(base + k, 0), n_in - 1)] += cubic(k - t)
-    return m
+__all__ = ["CLIPVisionEmbeddings", "CLIPVisionTransformer", "to_nchw"]
 
 
 def to_nchw(pixel_values, data_format: str):
