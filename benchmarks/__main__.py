@@ -31,11 +31,19 @@ def _available(module: str, needs: tuple) -> bool:
     return importlib.util.find_spec(module) is not None and all(importlib.util.find_spec(n) for n in needs)
 
 
+def _result_path(name: str, quick: bool):
+    """``results/<name>.json``, or ``<name>_quick.json`` where a benchmark keeps quick runs apart."""
+    quick_path = RESULTS / f"{name}_quick.json"
+    return quick_path if quick and quick_path.exists() else RESULTS / f"{name}.json"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (< 5 minutes)")
     parser.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SUITE)}")
     parser.add_argument("--no-report", action="store_true", help="skip regenerating docs/performance.md")
+    parser.add_argument("--reuse", action="store_true",
+                        help="reuse each benchmark's existing results/<name>.json instead of running it again")
     args = parser.parse_args(argv)
     names = [n for n in (args.only.split(",") if args.only else SUITE) if n]
     unknown = [n for n in names if n not in SUITE]
@@ -49,13 +57,17 @@ def main(argv=None) -> int:
         if not _available(module, needs):
             summary["runs"][name] = {"status": "skipped", "reason": f"{module} or {needs} not installed"}
             continue
+        result = _result_path(name, args.quick)
+        if args.reuse and result.exists():
+            summary["runs"][name] = {"status": "reused", "result": json.loads(result.read_text())}
+            continue
         start = time.perf_counter()
         cmd = [sys.executable, "-m", module] + (["--quick"] if args.quick else [])
         print(f"== {name}: {' '.join(cmd)}", flush=True)
         proc = subprocess.run(cmd)
         status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
         summary["runs"][name] = {"status": status, "seconds": round(time.perf_counter() - start, 1)}
-        result = RESULTS / f"{name}.json"
+        result = _result_path(name, args.quick)
         if proc.returncode == 0 and result.exists():
             summary["runs"][name]["result"] = json.loads(result.read_text())
         elif proc.returncode != 0:

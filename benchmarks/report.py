@@ -22,6 +22,9 @@ def _timings(node: Any, prefix: str = "") -> Iterator[tuple[str, dict]]:
         if {"median", "min", "max"} <= node.keys():
             yield prefix, node
             return
+        if {"median_s", "min_s", "max_s"} <= node.keys():  # bench_torch's spelling
+            yield prefix, {k: node[f"{k}_s"] for k in ("median", "min", "max")}
+            return
         for key, value in node.items():
             if key not in ("environment", "targets"):
                 yield from _timings(value, f"{prefix}/{key}" if prefix else str(key))
@@ -96,7 +99,9 @@ def generate(path: Path = RESULTS / "all.json") -> Path:
              "`benchmarks/results/all.json` — never edited by hand. Ratios compare implementations measured",
              "interleaved in the same run on the same machine.", "",
              f"- mode: {'quick' if data.get('quick') else 'full'}; CPU: {env['cpu']} ({env['cpus']} cores); "
-             f"measured {env['time']}",
+             f"collected {env['time']}"
+             + ("; some results reused from earlier runs (`--reuse`): each section gives its own time"
+                if any(r.get("status") == "reused" for r in data["runs"].values()) else ""),
              f"- plain fp32 matmul (numpy, 2048³): {data['matmul_gflops']:.0f} GFLOP/s",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
     targets = list(_targets(data["runs"]))
@@ -109,7 +114,9 @@ def generate(path: Path = RESULTS / "all.json") -> Path:
         lines.append("| – | no targets recorded | | | |")
     lines.append("")
     for name, run in data["runs"].items():
-        lines += [f"## {name}", "", f"status: {run['status']}" + (f", {run['seconds']} s" if "seconds" in run else ""), ""]
+        when = ((run.get("result") or {}).get("environment") or {}).get("time", "?")
+        lines += [f"## {name}", "", f"status: {run['status']}" + (f", {run['seconds']} s" if "seconds" in run else "")
+                  + f"; measured {when}", ""]
         rows = list(_timings(run.get("result") or {}))
         if rows:
             lines += ["| measurement | median ms | min–max ms |", "|---|---|---|"]
