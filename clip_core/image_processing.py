@@ -29,6 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .tensors import convert_to_tensors
+
 __all__ = ["CLIPImageProcessor", "BatchFeature", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "ImageTooLargeError",
            "convert_to_tensors"]
 
@@ -59,24 +61,6 @@ class BatchFeature(dict):
         return self
 
 
-def convert_to_tensors(array: Any, return_tensors: Optional[str]) -> Any:
-    """Turn a numpy array into ``"np"`` / ``"pt"`` / ``"tf"`` / ``"jax"`` arrays (``None``: unchanged)."""
-    kind = getattr(return_tensors, "value", return_tensors)
-    if kind is None or kind == "np":
-        return array
-    if kind == "pt":
-        import torch
-
-        return torch.from_numpy(np.ascontiguousarray(array))
-    if kind == "tf":
-        import tensorflow as tf
-
-        return tf.constant(array)
-    if kind == "jax":
-        import jax.numpy as jnp
-
-        return jnp.asarray(array)
-    raise ValueError(f"return_tensors must be one of None, 'np', 'pt', 'tf', 'jax'; got {return_tensors!r}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -239,21 +239,12 @@ def _ids_to_flat(id_lists: List[List[int]]) -> Tuple[np.ndarray, np.ndarray]:
 
 def to_tensor(array: np.ndarray, return_tensors: Optional[str]):
     """Convert an int64 (B, T) array like transformers' ``BatchEncoding`` (np/pt int64, tf/jax int32)."""
-    if return_tensors is None or return_tensors == "np":
-        return array if return_tensors else array.tolist()
-    if return_tensors == "pt":
-        import torch
+    from .tensors import convert_to_tensors
 
-        return torch.from_numpy(np.ascontiguousarray(array))
-    if return_tensors == "tf":
-        import tensorflow as tf
-
-        return tf.constant(array.astype(np.int32))
-    if return_tensors in ("jax", "flax"):
-        import jax.numpy as jnp
-
-        return jnp.asarray(array.astype(np.int32))
-    raise ValueError(f"return_tensors must be None, 'np', 'pt', 'tf' or 'jax', got {return_tensors!r}")
+    if return_tensors is None:
+        return array.tolist()
+    return convert_to_tensors(array.astype(np.int32) if return_tensors in ("tf", "jax", "flax") else array,
+                              "jax" if return_tensors == "flax" else return_tensors)
 
 
 class TokenizerOutput(dict):
