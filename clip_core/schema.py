@@ -21,6 +21,7 @@ Backends turn canonical numpy dicts into their own with :func:`to_backend` and b
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Iterator, Mapping, Optional
@@ -269,6 +270,12 @@ def schema(config: CLIPConfig, part: str = "model", num_labels: Optional[int] = 
         raise TypeError(f"schema() needs a CLIPConfig, got {type(config).__name__}")
     if part not in PARTS:
         raise ValueError(f"unknown part {part!r}; expected one of {sorted(PARTS)}")
+    return dict(_schema(config, part, num_labels))  # a copy: the cached one stays intact
+
+
+@functools.lru_cache(maxsize=64)
+def _schema(config: CLIPConfig, part: str, num_labels: Optional[int]) -> dict[str, Entry]:
+    # Configs are frozen and hashable, so a load / save pair builds the table once.
     out: dict[str, Entry] = {}
     for group in PARTS[part]:
         for name, shape in _group_shapes(config, group, num_labels):
