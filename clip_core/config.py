@@ -392,3 +392,37 @@ class CLIPConfig(_ConfigIO):
                    f"patch={v.patch_size} image={v.image_size}")
         return (f"{vis}; text layers={t.num_hidden_layers} width={t.hidden_size} heads={t.num_attention_heads} "
                 f"context={t.max_position_embeddings} act={t.hidden_act}; embed={self.projection_dim}")
+
+
+def as_clip_config(config: Any) -> CLIPConfig:
+    """A :class:`CLIPConfig` from a CLIPConfig, a lone tower config (the other tower gets defaults)
+    or a ``config.json`` dict — what every backend's model constructor accepts."""
+    if isinstance(config, CLIPConfig):
+        return config
+    if isinstance(config, Mapping):
+        return CLIPConfig.from_dict(config)
+    if isinstance(config, CLIPTextConfig):
+        return CLIPConfig(text_config=config, projection_dim=config.projection_dim)
+    if isinstance(config, (CLIPVisionConfig, CLIPResNetVisionConfig)):
+        return CLIPConfig(vision_config=config, projection_dim=config.projection_dim)
+    raise TypeError(f"expected a CLIPConfig (or a tower config / dict), got {type(config).__name__}")
+
+
+def num_labels_of(config: CLIPConfig) -> int:
+    """Classifier width: ``extra['num_labels']``, else ``len(extra['id2label'])``, else 2 (as HF)."""
+    extra = config.extra or {}
+    if extra.get("num_labels"):
+        return int(extra["num_labels"])
+    if extra.get("id2label"):
+        return len(extra["id2label"])
+    return 2
+
+
+def with_labels(config: CLIPConfig, num_labels: int) -> CLIPConfig:
+    """``config`` with ``id2label`` / ``label2id`` for ``num_labels`` classes (kept when they fit)."""
+    extra = dict(config.extra)
+    if len(extra.get("id2label") or {}) != num_labels:
+        extra["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
+        extra["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
+    extra.pop("num_labels", None)
+    return dataclasses.replace(config, extra=extra)

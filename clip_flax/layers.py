@@ -6,7 +6,7 @@ float32 whatever the compute ``dtype``.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import jax.numpy as jnp

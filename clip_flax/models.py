@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from clip_core.config import CLIPConfig, CLIPResNetVisionConfig, CLIPTextConfig, CLIPVisionConfig
+from clip_core.config import CLIPConfig, as_clip_config, num_labels_of
 from clip_core.schema import from_backend, schema, to_backend
 
 from . import modules as M
@@ -36,27 +36,6 @@ def unflatten(flat: dict[str, Any]) -> dict:
     return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
-def _as_config(config: Any) -> CLIPConfig:
-    """Accept a ``CLIPConfig`` or a lone tower config (wrapped with defaults for the other tower)."""
-    if isinstance(config, CLIPConfig):
-        return config
-    if isinstance(config, CLIPTextConfig):
-        return CLIPConfig(text_config=config, projection_dim=config.projection_dim)
-    if isinstance(config, (CLIPVisionConfig, CLIPResNetVisionConfig)):
-        return CLIPConfig(vision_config=config, projection_dim=config.projection_dim)
-    raise TypeError(f"expected a CLIPConfig (or a tower config), got {type(config).__name__}")
-
-
-def num_labels_of(config: CLIPConfig) -> int:
-    """Classifier width: ``extra['num_labels']``, else ``len(extra['id2label'])``, else 2 (as HF)."""
-    extra = config.extra or {}
-    if extra.get("num_labels"):
-        return int(extra["num_labels"])
-    if extra.get("id2label"):
-        return len(extra["id2label"])
-    return 2
-
-
 class FlaxCLIPPreTrainedModel:
     """Shared machinery: init, params / batch_stats, jit cache, from_pretrained / save_pretrained."""
 
@@ -67,7 +46,7 @@ class FlaxCLIPPreTrainedModel:
 
     def __init__(self, config: Any, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, seed: int = 0,
                  _do_init: bool = True, num_labels: Optional[int] = None):
-        self.config = _as_config(config)
+        self.config = as_clip_config(config)
         self.dtype, self.param_dtype = dtype, param_dtype
         self.num_labels = num_labels or num_labels_of(self.config) if self.part == "classification" else None
         kwargs = {"num_labels": self.num_labels} if self.part == "classification" else {}

@@ -5,7 +5,6 @@ The user-facing wrappers in :mod:`clip_flax.models` hold the params and jit the 
 from __future__ import annotations
 
 from dataclasses import fields
-from typing import Any
 
 import jax
 import jax.numpy as jnp

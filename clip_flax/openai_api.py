@@ -6,7 +6,6 @@ Nothing is ever downloaded: a model name needs its file in ``download_root`` (``
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence, Union
 

@@ -1,7 +1,7 @@
 """The text tower (Flax Linen): token + position embeddings, causal encoder, EOT pooling."""
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 import jax.numpy as jnp
 import flax.linen as nn

@@ -6,7 +6,6 @@ bucket (8, 16, 32, 64, then the context length) so at most five shapes are ever 
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 import jax

@@ -5,7 +5,6 @@ HWIO ``patch_embedding/kernel`` as one matmul (same result as the stride-P conv,
 """
 from __future__ import annotations
 
-import numpy as np
 import jax.numpy as jnp
 import flax.linen as nn
 

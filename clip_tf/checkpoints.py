@@ -6,7 +6,6 @@ through conversion's file readers/writers directly and are checked strictly by t
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
 from typing import Mapping, Optional, Union
@@ -16,7 +15,7 @@ import numpy as np
 from clip_core.config import CLIPConfig
 from clip_core.schema import WeightMismatchError, schema
 
-__all__ = ["read_checkpoint", "write_checkpoint", "select_part", "with_labels"]
+__all__ = ["read_checkpoint", "write_checkpoint", "select_part"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -49,16 +48,6 @@ def read_checkpoint(path: PathLike, part: str) -> tuple[CLIPConfig, dict[str, np
         raise ValueError(f"{file}: a part-only checkpoint must be safetensors, sharded or pytorch_model.bin")
     _, tensors = read_sharded(file) if kind == "index" else read_tensor_file(file)
     return CLIPConfig.from_pretrained(file.parent), drop_legacy(dict(tensors))
-
-
-def with_labels(config: CLIPConfig, num_labels: int) -> CLIPConfig:
-    """``config`` with ``id2label`` / ``label2id`` for ``num_labels`` classes (kept when they fit)."""
-    extra = dict(config.extra)
-    if len(extra.get("id2label") or {}) != num_labels:
-        extra["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
-        extra["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
-    extra.pop("num_labels", None)
-    return dataclasses.replace(config, extra=extra)
 
 
 def write_checkpoint(directory: PathLike, config: CLIPConfig, weights: Mapping[str, np.ndarray], part: str,

@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from clip_core.config import CLIPConfig, CLIPResNetVisionConfig, CLIPTextConfig, CLIPVisionConfig
+from clip_core.config import CLIPConfig, as_clip_config, with_labels
 from clip_core.outputs import (CLIPOutput, CLIPTextModelOutput, CLIPVisionModelOutput, ImageClassifierOutput)
 from clip_core.schema import from_backend, to_backend
 
-from .checkpoints import read_checkpoint, select_part, with_labels, write_checkpoint
+from .checkpoints import read_checkpoint, select_part, write_checkpoint
 from .primitives import Dense, named_variables, param, policy_dtype
 from .resnet import ModifiedResNet
 from .text import CLIPTextTransformer, pool_index
@@ -22,19 +22,6 @@ __all__ = ["CLIPPreTrainedModel", "CLIPModel", "CLIPTextModel", "CLIPTextModelWi
            "CLIPVisionModelWithProjection", "CLIPForImageClassification", "contrastive_loss", "text_bucket"]
 
 _serializable = keras.saving.register_keras_serializable(package="clip_tf")
-
-
-def as_clip_config(config: Any) -> CLIPConfig:
-    """A :class:`CLIPConfig` from a CLIPConfig, a tower config or a ``config.json`` dict."""
-    if isinstance(config, CLIPConfig):
-        return config
-    if isinstance(config, dict):
-        return CLIPConfig.from_dict(config)
-    if isinstance(config, CLIPTextConfig):
-        return CLIPConfig(text_config=config, projection_dim=config.projection_dim)
-    if isinstance(config, (CLIPVisionConfig, CLIPResNetVisionConfig)):
-        return CLIPConfig(vision_config=config, projection_dim=config.projection_dim)
-    raise TypeError(f"expected a CLIPConfig (or a tower config / dict), got {type(config).__name__}")
 
 
 def contrastive_loss(logits_per_text: tf.Tensor) -> tf.Tensor:

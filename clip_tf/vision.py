@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from clip_core.interpolate import bicubic_matrix

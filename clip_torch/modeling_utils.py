@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Union
@@ -12,37 +11,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from clip_core.config import CLIPConfig, CLIPResNetVisionConfig, CLIPTextConfig, CLIPVisionConfig
+from clip_core.config import CLIPConfig, as_clip_config
 from clip_core.schema import WeightMismatchError, from_backend, schema, to_backend
 
 from .layers import CLIPAttention, CLIPEncoder, check_attn_implementation
 
-__all__ = ["CLIPPreTrainedModel", "as_clip_config", "num_labels_of"]
+__all__ = ["CLIPPreTrainedModel"]
 
 PathLike = Union[str, os.PathLike]
-
-
-def as_clip_config(config: Any) -> CLIPConfig:
-    """A ``CLIPConfig`` from a ``CLIPConfig``, a tower config or a ``config.json`` dict."""
-    if isinstance(config, CLIPConfig):
-        return config
-    if isinstance(config, Mapping):
-        return CLIPConfig.from_dict(config)
-    if isinstance(config, CLIPTextConfig):
-        return CLIPConfig(text_config=config, projection_dim=config.projection_dim)
-    if isinstance(config, (CLIPVisionConfig, CLIPResNetVisionConfig)):
-        return CLIPConfig(vision_config=config, projection_dim=config.projection_dim)
-    raise TypeError(f"expected a CLIPConfig (or a tower config), got {type(config).__name__}")
-
-
-def num_labels_of(config: CLIPConfig) -> int:
-    """Classifier width: ``extra['num_labels']``, else ``len(extra['id2label'])``, else 2 (as HF)."""
-    extra = config.extra
-    if extra.get("num_labels"):
-        return int(extra["num_labels"])
-    if extra.get("id2label"):
-        return len(extra["id2label"])
-    return 2
 
 
 _GROUP_PREFIXES = {"text_model.": "text", "vision_model.": "vision", "text_projection.": "text_projection",
@@ -253,13 +229,3 @@ def _save_part(directory: Path, config: CLIPConfig, weights: Mapping[str, np.nda
     directory.mkdir(parents=True, exist_ok=True)
     write_safetensors(directory / "model.safetensors", weights, metadata={"format": "pt"})
     write_extras(directory, config)
-
-
-def with_labels(config: CLIPConfig, num_labels: int) -> CLIPConfig:
-    """``config`` with ``id2label`` / ``label2id`` for ``num_labels`` classes (kept if present)."""
-    extra = dict(config.extra)
-    if not extra.get("id2label") or len(extra["id2label"]) != num_labels:
-        extra["id2label"] = {str(i): f"LABEL_{i}" for i in range(num_labels)}
-        extra["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
-    extra.pop("num_labels", None)
-    return dataclasses.replace(config, extra=extra)

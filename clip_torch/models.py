@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from clip_core.config import num_labels_of, with_labels
 from clip_core.outputs import (BaseModelOutputWithPooling, CLIPOutput, CLIPTextModelOutput,
                                CLIPVisionModelOutput, ImageClassifierOutput)
 
-from .modeling_utils import CLIPPreTrainedModel, num_labels_of, with_labels
+from .modeling_utils import CLIPPreTrainedModel
 from .resnet import ModifiedResNet
 from .text import CLIPTextTransformer
 from .vision import CLIPVisionTransformer

@@ -2,7 +2,6 @@
 ``available_models``. ``import clip_torch as clip`` runs scripts written for ``import clip``."""
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Callable, List, Optional, Union
