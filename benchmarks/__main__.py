@@ -4,6 +4,10 @@ Each benchmark module runs in its own subprocess (TensorFlow must not share a pr
 torchvision, and memory peaks stay apart) and writes ``benchmarks/results/<name>.json``; this
 command gathers them into ``benchmarks/results/all.json`` and regenerates ``docs/performance.md``
 and its plots (``python -m benchmarks.report`` does only that last step).
+
+``--quick`` keeps its output apart so it never replaces a full run's figures: each benchmark writes
+``results/<name>_quick.json``, the summary is ``results/all_quick.json`` and the report goes to
+``results/quick/performance.md`` (all git-ignored). CI runs ``--quick`` once to prove the command works.
 """
 from __future__ import annotations
 
@@ -24,6 +28,8 @@ SUITE = {
     "tf": ("benchmarks.bench_tf", ("tensorflow",)),
     "flax": ("benchmarks.bench_flax", ("flax",)),
     "conversion": ("benchmarks.bench_conversion", ()),
+    "coldstart": ("benchmarks.bench_coldstart", ("transformers",)),
+    "e2e": ("benchmarks.bench_e2e", ("torch", "transformers")),
 }
 
 
@@ -31,10 +37,12 @@ def _available(module: str, needs: tuple) -> bool:
     return importlib.util.find_spec(module) is not None and all(importlib.util.find_spec(n) for n in needs)
 
 
+QUICK_REPORT = RESULTS / "quick"
+
+
 def _result_path(name: str, quick: bool):
-    """``results/<name>.json``, or ``<name>_quick.json`` where a benchmark keeps quick runs apart."""
-    quick_path = RESULTS / f"{name}_quick.json"
-    return quick_path if quick and quick_path.exists() else RESULTS / f"{name}.json"
+    """``results/<name>.json``, or ``results/<name>_quick.json`` for a quick run."""
+    return RESULTS / (f"{name}_quick.json" if quick else f"{name}.json")
 
 
 def main(argv=None) -> int:
@@ -73,12 +81,15 @@ def main(argv=None) -> int:
         elif proc.returncode != 0:
             failed.append(name)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "all.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    print(f"wrote {RESULTS / 'all.json'}")
+    summary_path = RESULTS / ("all_quick.json" if args.quick else "all.json")
+    if args.only and summary_path.exists():  # a subset run updates its entries, keeps the others
+        summary["runs"] = {**json.loads(summary_path.read_text()).get("runs", {}), **summary["runs"]}
+    summary_path.write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    print(f"wrote {summary_path}")
     if not args.no_report:
-        from .report import generate
+        from .report import DOCS, generate
 
-        print(f"wrote {generate(RESULTS / 'all.json')}")
+        print(f"wrote {generate(summary_path, QUICK_REPORT if args.quick else DOCS)}")
     if failed:
         print(f"failed: {failed}", file=sys.stderr)
     return 1 if failed else 0

@@ -1,10 +1,13 @@
-"""clip_flax vs transformers 4.57 ``FlaxCLIPModel`` vs clip_torch on one random ViT-B/32, in one run.
+"""clip_flax vs transformers 4.57 ``FlaxCLIPModel`` vs clip_torch on the same random weights, in one run.
 
-``python -m benchmarks.bench_flax [--quick]``: fp32 image encoding at batch 1 and 16 and text
-encoding of 64 prompts ("a photo of a {label}.", OpenAI-tokenized, zero padded to 77). Steady
-state after compilation (the first call of each jax function is timed apart as compile time);
-runs of all contenders are interleaved; medians. Prints speed ratios (reference time / clip_flax
-time) and writes ``benchmarks/results/flax.json``.
+``python -m benchmarks.bench_flax [--quick]``: fp32 image encoding of ViT-B/32 and RN50 at batch 1
+and 16 (transformers has no ResNet CLIP: RN50 is compared with clip_torch only) and text encoding
+(ViT-B/32 text tower) of 64 short prompts and 64 long captions (50-70 tokens), OpenAI-tokenized and
+zero padded to 77. The first call of each contender is timed apart (compile time for the jax ones)
+and its output checked against clip_flax (max abs difference of normalized features, recorded);
+then steady-state medians over interleaved repeats. Prints speed ratios (reference time /
+clip_flax time). ``--quick``: images at batch 16 only, text at batch 8, one timed round; writes
+``results/flax_quick.json`` (else ``results/flax.json``).
 """
 from __future__ import annotations
 
@@ -12,18 +15,13 @@ import argparse
 import importlib.util
 import os
 import tempfile
-import time
 from typing import Any, Callable
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np
-
-from .common import interleaved, write_result
-
-LABELS = ["cat", "dog", "car", "tree", "house", "bird", "boat", "plane", "horse", "flower", "apple", "chair",
-          "guitar", "mountain", "river", "bridge"]
+from .common import write_result
+from .model_inputs import checkpoint, images, measure, print_case, sizes, text_inputs, torch_features
 
 
 def _ready(x: Any) -> Any:
@@ -32,88 +30,58 @@ def _ready(x: Any) -> Any:
     return jax.block_until_ready(x)
 
 
-def _compile_time(fn: Callable[[], Any]) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+def _hf_flax(directory, params) -> tuple[Callable, Callable] | None:
+    """transformers' FlaxCLIPModel ``(image(px), text(ids))`` on clip_flax's params (the same HF Flax
+    pytree); None without transformers."""
+    if importlib.util.find_spec("transformers") is None:
+        return None
+    import transformers
+
+    hf = transformers.FlaxCLIPModel(transformers.CLIPConfig.from_pretrained(directory), _do_init=False)
+    return (lambda px: _ready(hf.get_image_features(px, params=params)),
+            lambda ids: _ready(hf.get_text_features(ids, params=params)))
 
 
-def _contenders(directory: str, config, images: dict, ids: np.ndarray) -> tuple[dict, dict]:
-    """``{case: {impl: fn}}`` and compile times ``{case/impl: s}``."""
+def _contenders(path, resnet: bool, size) -> dict[str, dict[str, Callable]]:
+    """``{case: {impl: fn}}`` for one checkpoint: image cases, and text cases for the ViT."""
     import clip_flax
 
-    ours = clip_flax.CLIPModel.from_pretrained(directory)
+    ours = clip_flax.CLIPModel.from_pretrained(path)
+    refs = {"hf_flax": None if resnet else _hf_flax(path, ours.params), "clip_torch": torch_features(path)}
+    refs = {k: v for k, v in refs.items() if v is not None}
     cases: dict[str, dict[str, Callable]] = {}
-    for b, pix in images.items():
-        cases[f"image_b{b}"] = {"clip_flax": lambda pix=pix: _ready(ours.get_image_features(pix))}
-    cases["text_b64"] = {"clip_flax": lambda: _ready(ours.get_text_features(ids))}
-    if importlib.util.find_spec("transformers") is not None:
-        import transformers
-
-        hf_cfg = transformers.CLIPConfig.from_pretrained(directory)
-        hf = transformers.FlaxCLIPModel(hf_cfg, _do_init=False)
-        params = ours.params  # identical pytree: HF Flax paths
-        for b, pix in images.items():
-            cases[f"image_b{b}"]["hf_flax"] = lambda pix=pix: _ready(hf.get_image_features(pix, params=params))
-        cases["text_b64"]["hf_flax"] = lambda: _ready(hf.get_text_features(ids, params=params))
-    if importlib.util.find_spec("clip_torch") is not None and importlib.util.find_spec("torch") is not None:
-        try:
-            import torch
-            import clip_torch
-
-            tm = clip_torch.CLIPModel.from_pretrained(directory).eval()
-
-            def run_torch(fn, x):
-                with torch.inference_mode():
-                    return fn(x)
-
-            for b, pix in images.items():
-                t_pix = torch.from_numpy(pix)
-                cases[f"image_b{b}"]["clip_torch"] = lambda t=t_pix: run_torch(tm.get_image_features, t)
-            t_ids = torch.from_numpy(ids.astype(np.int64))
-            cases["text_b64"]["clip_torch"] = lambda: run_torch(tm.get_text_features, t_ids)
-        except Exception as err:  # clip_torch still in progress: report, don't fail
-            print(f"clip_torch unavailable: {type(err).__name__}: {err}")
-    compile_s = {f"{case}/{impl}": _compile_time(fn) for case, impls in cases.items() for impl, fn in impls.items()
-                 if impl != "clip_torch"}
-    return cases, compile_s
+    for b, pix in images(size.image_batches).items():
+        case = cases[f"{'rn50_' if resnet else ''}image_b{b}"] = {
+            "clip_flax": lambda pix=pix: _ready(ours.get_image_features(pix))}
+        case.update({impl: lambda pix=pix, fns=fns: fns[0](pix) for impl, fns in refs.items()})
+    if not resnet:
+        for name, ids in text_inputs(size.text_batch).items():
+            cases[name] = {"clip_flax": lambda ids=ids: _ready(ours.get_text_features(ids)),
+                           **{impl: lambda ids=ids, fns=fns: fns[1](ids) for impl, fns in refs.items()}}
+    return cases
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="fewer repeats")
+    parser.add_argument("--quick", action="store_true", help="image batch 16 only, text batch 8, one timed round")
     args = parser.parse_args(argv)
-    import conversion
-    from clip_core import get_config, tokenize
-    from clip_core.testing import random_weights
-
-    config = get_config("ViT-B/32")
-    rng = np.random.default_rng(0)
-    images = {b: rng.normal(0, 1, (b, 3, 224, 224)).astype(np.float32) for b in (1, 16)}
-    ids = tokenize([f"a photo of a {LABELS[i % len(LABELS)]}." for i in range(64)]).astype(np.int32)  # (64, 77)
-    repeats = 3 if args.quick else 6
+    size = sizes(args.quick)
+    out: dict = {"quick": args.quick, "model": "ViT-B/32 and RN50 (random weights), fp32, CPU",
+                 "timings": {}, "compile_s": {}, "speed_ratios": {}, "agreement": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        conversion.save_canonical(tmp, config, random_weights(config, seed=0))
-        cases, compile_s = _contenders(tmp, config, images, ids)
-        results = {case: interleaved(impls, repeats=repeats, warmup=1) for case, impls in cases.items()}
-    ratios = {}
-    for case, res in results.items():
-        ours = res["clip_flax"]["median"]
-        for impl, r in res.items():
-            if impl != "clip_flax":
-                ratios[f"{case}: clip_flax vs {impl}"] = r["median"] / ours
-    for case, res in results.items():
-        print(case + ": " + ", ".join(f"{k} {v['median'] * 1e3:.1f} ms" for k, v in res.items()))
-    for k, v in compile_s.items():
-        print(f"compile {k}: {v:.2f} s")
-    for k, v in ratios.items():
-        print(f"speed {k}: {v:.2f}x")
-    out = {"quick": args.quick, "model": "ViT-B/32 (random weights), fp32, CPU",
-           "timings": {c: {i: {k: r[k] for k in ("median", "min", "max")} for i, r in res.items()}
-                       for c, res in results.items()},
-           "compile_s": compile_s, "speed_ratios": ratios,
-           "targets": {"image vs hf_flax": 1.0, "image vs clip_torch": 0.8, "text vs hf_flax": 4.0}}
-    print("wrote", write_result("flax", out))
+        for name in ("ViT-B/32", "RN50"):
+            config, _, path = checkpoint(name, tmp)
+            for case, contenders in _contenders(path, config.is_resnet, size).items():
+                res = measure(contenders, "clip_flax", size.repeats)
+                print_case(case, res, "clip_flax")
+                out["timings"][case] = {i: {k: r[k] for k in ("median", "min", "max")}
+                                        for i, r in res["timings"].items()}
+                out["compile_s"].update({f"{case}/{i}": s for i, s in res["first_call_s"].items() if i != "clip_torch"})
+                out["speed_ratios"].update({f"{case}: clip_flax vs {i}": v for i, v in res["speedup"].items()})
+                out["agreement"][case] = res["agreement"]
+    out["targets"] = {"image vs hf_flax": 1.0, "image vs clip_torch": 0.8, "rn50 image vs clip_torch": 0.8,
+                      "text vs hf_flax": 4.0}
+    print("wrote", write_result("flax_quick" if args.quick else "flax", out))
     return out
 
 

@@ -107,7 +107,7 @@ def main(argv=None) -> int:
         print(f"  {name:34s} {r:8.2f}x")
     targets = {"hf_call_vs_CLIPTokenizerFast": 1.0, "tokenize_vs_CLIPTokenizerFast": 1.0, "tokenize_vs_openai": 20.0}
     met = {k: ratios[k] >= v for k, v in targets.items()}
-    path = write_result("tokenizer", {"texts": n, "repeats": repeats, "texts_per_second": rate, "times": times,
+    path = write_result("tokenizer_quick" if args.quick else "tokenizer", {"texts": n, "repeats": repeats, "texts_per_second": rate, "times": times,
                                       "ratios": ratios, "targets": targets, "targets_met": met})
     print(f"targets met: {met}\nwrote {path}")
     return 0

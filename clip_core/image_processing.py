@@ -376,8 +376,8 @@ class CLIPImageProcessor:
         lut = self._lut(prescaled)
         if out is None:
             out = np.empty((3,) + arr.shape[:2], dtype=np.float32)
-        for c in range(3):
-            np.take(lut[c], arr[:, :, c], out=out[c])
+        for c in range(3):  # uint8 indices never leave the 256-entry table: "clip" skips the bounds
+            np.take(lut[c], arr[:, :, c], out=out[c], mode="clip")  # check ("raise") and is ~2x faster
         return out
 
     # -- batch ------------------------------------------------------------------------------------

@@ -124,41 +124,70 @@ def _read_shard(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
         return z["embeds"], z["ok"], {int(k): v for k, v in json.loads(str(z["errors"])).items()}
 
 
-class _Runner:
-    """Encodes the pending batches of a plan, prefetching the next batch's images while encoding."""
+#: Images decoded ahead of the model (at least two batches): ~150 MB of 224 px float32 pixels.
+PREFETCH_IMAGES = 256
 
-    def __init__(self, encoder, plan: dict, work: Path, threads: Optional[int]) -> None:
+
+class _Runner:
+    """Encodes the pending batches of a plan while a thread pool decodes the next ones.
+
+    Image batches are submitted up to ``PREFETCH_IMAGES`` ahead, starting before the model is loaded
+    (:meth:`prefetch`), so decoding overlaps the framework import, the weight load and every encode.
+    """
+
+    def __init__(self, plan: dict, work: Path, pending: list[int], processor, threads: Optional[int]) -> None:
         from .images import ImageLoader
 
-        self.encoder, self.plan, self.work = encoder, plan, work
-        self.loader = ImageLoader(encoder.processor, threads)
+        self.plan, self.work, self.pending = plan, work, list(pending)
+        self.loader = ImageLoader(processor, threads) if processor is not None else None
+        self.started: dict[int, tuple] = {}
+        sizes = [e - s for s, e in plan["batches"]] or [1]
+        self.window = max(2, PREFETCH_IMAGES // max(1, max(sizes)))
 
-    def _start(self, k: int):
-        s, e = self.plan["batches"][k]
-        kind = self.plan["items"][s][0]
-        values = [v for _, v in self.plan["items"][s:e]]
-        return kind, values, (self.loader.submit(values) if kind == "image" else None)
+    @property
+    def processor(self):
+        """The image processor the prefetching loader uses (``None`` until the model is loaded)."""
+        return self.loader.processor if self.loader is not None else None
 
-    def _finish(self, k: int, kind: str, values: list, futures) -> None:
-        if kind == "text":
-            _write_shard(_shard_path(self.work, k), self.encoder.encode_texts(values), list(range(len(values))), {})
+    def prefetch(self, upto: int = 0) -> None:
+        """Submit the image batches among the next ``window`` pending ones from position ``upto``."""
+        if self.loader is None:
             return
-        pixels, ok, errors = self.loader.collect(values, futures)
-        embeds = self.encoder.encode_images(pixels) if pixels is not None else np.zeros((0, self.encoder.dim))
-        _write_shard(_shard_path(self.work, k), embeds, ok, errors)
+        for k in self.pending[upto:upto + self.window]:
+            if k not in self.started:
+                s, e = self.plan["batches"][k]
+                if self.plan["items"][s][0] == "image":
+                    values = [v for _, v in self.plan["items"][s:e]]
+                    self.started[k] = (values, self.loader.submit(values))
 
-    def run(self, pending: list[int], progress) -> None:
+    def _finish(self, encoder, k: int) -> int:
+        s, e = self.plan["batches"][k]
+        if self.plan["items"][s][0] == "text":
+            values = [v for _, v in self.plan["items"][s:e]]
+            _write_shard(_shard_path(self.work, k), encoder.encode_texts(values), list(range(len(values))), {})
+            return len(values)
+        values, futures = self.started.pop(k)
+        pixels, ok, errors = self.loader.collect(values, futures)  # (n_ok, 3, H, W)
+        embeds = encoder.encode_images(pixels) if pixels is not None else np.zeros((0, encoder.dim))
+        _write_shard(_shard_path(self.work, k), embeds, ok, errors)
+        return len(values)
+
+    def run(self, encoder, progress) -> None:
+        """Encode every pending batch in order, keeping the prefetch window full."""
+        from .images import ImageLoader
+
+        if self.loader is None:
+            self.loader = ImageLoader(encoder.processor, encoder.threads)
         pause = float(os.environ.get(_SLEEP_ENV, "0") or 0)
-        try:
-            current = self._start(pending[0]) if pending else None
-            for j, k in enumerate(pending):
-                nxt = self._start(pending[j + 1]) if j + 1 < len(pending) else None
-                self._finish(k, *current)
-                progress.update(len(current[1]))
-                if pause:
-                    time.sleep(pause)
-                current = nxt
-        finally:
+        for j, k in enumerate(self.pending):
+            self.prefetch(j)
+            progress.update(self._finish(encoder, k))
+            if pause:
+                time.sleep(pause)
+
+    def close(self) -> None:
+        """Stop the decoding threads (queued work is cancelled)."""
+        if self.loader is not None:
             self.loader.close()
 
 
@@ -184,10 +213,29 @@ def _assemble(plan: dict, work: Path, paths: dict, meta: dict) -> tuple[np.ndarr
     return emb, skipped
 
 
-def run(args: argparse.Namespace) -> int:
+class _NoProgress:
+    """Stand-in for a tqdm bar when progress is off (tqdm is then not even imported)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def update(self, n: int) -> None:
+        return None
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    if not enabled:
+        return _NoProgress()
     from tqdm import tqdm
 
-    from .engines import load_encoder, resolve_framework, resolve_model
+    return tqdm(total=total, initial=initial, unit="item", desc="embed", file=sys.stderr, dynamic_ncols=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .engines import early_processor, load_encoder, resolve_framework, resolve_model
     from .inputs import expand_images, read_texts
 
     if not args.inputs and not args.texts:
@@ -203,12 +251,16 @@ def run(args: argparse.Namespace) -> int:
     plan = _make_plan(items, model_ref, framework, args.batch_size)
     _open_work_dir(paths["work"], plan, args.restart)
     pending = [k for k in range(len(plan["batches"])) if not _shard_path(paths["work"], k).is_file()]
-    encoder = load_encoder(args.model, framework, args.threads)
-    t0 = time.time()
-    done = sum(e - s for k, (s, e) in enumerate(plan["batches"]) if k not in set(pending))
-    with tqdm(total=len(items), initial=done, unit="item", desc="embed", disable=not args.progress,
-              file=sys.stderr, dynamic_ncols=True) as bar:
-        _Runner(encoder, plan, paths["work"], args.threads).run(pending, bar)
+    runner = _Runner(plan, paths["work"], pending, early_processor(model_path, args.threads), args.threads)
+    try:
+        runner.prefetch()  # decode the first batches while the framework and the weights load
+        encoder = load_encoder(args.model, framework, args.threads, processor=runner.processor)
+        t0 = time.time()
+        done = sum(e - s for k, (s, e) in enumerate(plan["batches"]) if k not in set(pending))
+        with _progress(len(items), done, args.progress) as bar:
+            runner.run(encoder, bar)
+    finally:
+        runner.close()
     meta = {"model": model_ref, "framework": framework, "dim": encoder.dim, "batch_size": args.batch_size}
     emb, skipped = _assemble(plan, paths["work"], paths, meta)
     if not args.keep_work:

@@ -9,6 +9,7 @@ torch, flax, tf. Model choice: a path (any checkpoint format ``conversion`` read
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import os
@@ -19,7 +20,8 @@ import numpy as np
 
 from .errors import CLIZooError
 
-__all__ = ["FRAMEWORKS", "installed_frameworks", "resolve_framework", "resolve_model", "load_encoder", "Encoder"]
+__all__ = ["FRAMEWORKS", "installed_frameworks", "resolve_framework", "resolve_model", "load_encoder", "Encoder",
+           "early_processor"]
 
 FRAMEWORKS = ("torch", "flax", "tf")  # default preference order
 _MODULES = {"torch": ("torch", "clip_torch"), "flax": ("flax", "clip_flax"), "tf": ("tensorflow", "clip_tf")}
@@ -95,12 +97,23 @@ def _processor_for(directory: Optional[Path], config, num_threads: Optional[int]
     return CLIPImageProcessor(mode="openai", size=n, crop_size=n, num_threads=num_threads)
 
 
+def early_processor(path: Path, num_threads: Optional[int] = None):
+    """The image processor of checkpoint ``path`` without loading the model (no framework import),
+    so images can be decoded while the model loads; ``None`` when it needs the model's config."""
+    path = Path(path)
+    if path.is_dir() and (path / "preprocessor_config.json").is_file():
+        from clip_core import CLIPImageProcessor
+
+        return CLIPImageProcessor.from_pretrained(path, num_threads=num_threads)
+    return None
+
+
 class Encoder:
     """Base adapter: tokenizer + image processor + a backend model; subclasses run the model."""
 
     framework = ""
 
-    def __init__(self, path: Path, threads: Optional[int] = None) -> None:
+    def __init__(self, path: Path, threads: Optional[int] = None, processor=None) -> None:
         self.path = Path(path)
         self.threads = threads
         self.backend = importlib.import_module(_MODULES[self.framework][1])
@@ -108,9 +121,13 @@ class Encoder:
         self.model = self._load(self.path)
         self.config = self.model.config
         directory = self.path if self.path.is_dir() else None  # a single file (OpenAI .pt) has no side files
-        self.tokenizer = _tokenizer_for(directory)
-        self.processor = _processor_for(directory, self.config, threads)
+        self.processor = processor if processor is not None else _processor_for(directory, self.config, threads)
         self.context_length = self.config.text_config.max_position_embeddings
+
+    @functools.cached_property
+    def tokenizer(self):
+        """The checkpoint's tokenizer, built on first use (an image-only run never pays for it)."""
+        return _tokenizer_for(self.path if self.path.is_dir() else None)
 
     def _setup_threads(self, threads: Optional[int]) -> None:
         """Limit the framework's intra-op threads (no-op by default)."""
@@ -215,9 +232,11 @@ _ENCODERS = {"torch": TorchEncoder, "tf": TFEncoder, "flax": FlaxEncoder}
 
 
 def load_encoder(model: Optional[str] = None, framework: Optional[str] = None,
-                 threads: Optional[int] = None) -> Encoder:
-    """Resolve ``model`` and ``framework`` and load the encoder (errors are :class:`CLIZooError`)."""
+                 threads: Optional[int] = None, processor=None) -> Encoder:
+    """Resolve ``model`` and ``framework`` and load the encoder (errors are :class:`CLIZooError`).
+
+    ``processor``: an image processor already built for this checkpoint (see :func:`early_processor`)."""
     name = resolve_framework(framework)
     path = resolve_model(model)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    return _ENCODERS[name](path, threads)
+    return _ENCODERS[name](path, threads, processor)

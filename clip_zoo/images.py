@@ -50,4 +50,5 @@ class ImageLoader:
         return (np.stack(arrays) if arrays else None), ok, errors
 
     def close(self) -> None:
-        self.pool.shutdown(wait=True)
+        """Stop the workers; queued (not yet started) loads are cancelled."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
