@@ -29,6 +29,15 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
 
 
+def normal_parameter(*shape: int, std: float) -> nn.Parameter:
+    """A parameter drawn from N(0, std²) — left uninitialised on the meta device, where torch's
+    random ops cost seconds on first use (the loaders build on meta and assign weights after)."""
+    p = nn.Parameter(torch.empty(*shape))
+    if not p.is_meta:
+        nn.init.normal_(p, std=std)
+    return p
+
+
 def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
     return x * torch.sigmoid(1.702 * x)
 
@@ -99,24 +108,39 @@ class CLIPAttention(nn.Module):
             self._fused = (key, w, b)
         return self._fused[1], self._fused[2]
 
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        B, T, C = x.shape
-        H, hd = self.num_heads, self.head_dim
-        if self.fuse_qkv and not torch.is_grad_enabled() and not _is_compiling():
+    def _fast(self) -> bool:
+        return self.fuse_qkv and not torch.is_grad_enabled() and not _is_compiling()
+
+    def _heads(self, y: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, T, n*C) -> (n, B, H, T, hd) view."""
+        B, T, _ = y.shape
+        return y.view(B, T, n, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+
+    def _qkv(self, x: torch.Tensor, first_query_only: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q (B, H, Tq, hd), k, v (B, H, T, hd); ``first_query_only`` projects q for token 0 only."""
+        if self._fast():
             w, b = self._fused_weights()
-            qkv = F.linear(x, w, b).view(B, T, 3, H, hd).permute(2, 0, 3, 1, 4)  # (3, B, H, T, hd)
-            return qkv[0], qkv[1], qkv[2]
-        q = self.q_proj(x).view(B, T, H, hd).transpose(1, 2)  # (B, H, T, hd)
-        k = self.k_proj(x).view(B, T, H, hd).transpose(1, 2)
-        v = self.v_proj(x).view(B, T, H, hd).transpose(1, 2)
-        return q, k, v
+            if not first_query_only:
+                return tuple(self._heads(F.linear(x, w, b), 3))  # type: ignore[return-value]
+            C = self.embed_dim  # rows [0, C) of the fused weight are q, [C, 3C) are k and v
+            q = self._heads(F.linear(x[:, :1], w[:C], b[:C]), 1)[0]  # (B, H, 1, hd)
+            k, v = self._heads(F.linear(x, w[C:], b[C:]), 2)
+            return q, k, v
+        q = self._heads(self.q_proj(x[:, :1] if first_query_only else x), 1)[0]  # (B, H, Tq, hd)
+        return q, self._heads(self.k_proj(x), 1)[0], self._heads(self.v_proj(x), 1)[0]
 
     def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
-                output_attentions: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+                output_attentions: bool = False, first_query_only: bool = False
+                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
         """``x`` (B, T, C); ``attention_mask`` additive (B|1, 1, T, T) or None; ``is_causal`` only
-        when no mask is given. Returns ``(out (B, T, C), weights (B, H, T, T) or None)``."""
+        when no mask is given. Returns ``(out (B, Tq, C), weights (B, H, Tq, T) or None)``;
+        ``Tq`` = 1 with ``first_query_only`` (token 0 attending to all tokens, no mask), else T."""
         B, T, C = x.shape
-        q, k, v = self._qkv(x)
+        if first_query_only and (attention_mask is not None or is_causal):
+            raise ValueError("first_query_only takes no attention mask")
+        q, k, v = self._qkv(x, first_query_only)
+        Tq = q.shape[2]
         p = self.dropout if self.training else 0.0
         weights = None
         if output_attentions or self.attn_implementation == "eager":
@@ -130,7 +154,7 @@ class CLIPAttention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=p,
                                                  is_causal=is_causal and attention_mask is None, scale=self.scale)
-        out = out.transpose(1, 2).reshape(B, T, C)
+        out = out.transpose(1, 2).reshape(B, Tq, C)
         return self.out_proj(out), (weights if output_attentions else None)
 
 
@@ -171,8 +195,15 @@ class CLIPEncoderLayer(nn.Module):
         self.layer_norm2 = LayerNorm(d, eps=config.layer_norm_eps)
 
     def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
-                output_attentions: bool = False) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        h, weights = self.self_attn(self.layer_norm1(x), attention_mask, is_causal, output_attentions)
+                output_attentions: bool = False, first_token_only: bool = False
+                ) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """``x`` (B, T, C) -> (B, T, C), or (B, 1, C) with ``first_token_only``: the output at
+        token 0 alone (all tokens still serve as keys / values; no mask) — the same arithmetic per
+        token, for callers that only read token 0 of the last layer."""
+        h, weights = self.self_attn(self.layer_norm1(x), attention_mask, is_causal, output_attentions,
+                                    first_query_only=first_token_only)
+        if first_token_only:
+            x = x[:, :1]  # (B, 1, C)
         if torch.is_grad_enabled() or _is_compiling():
             x = x + h
             return x + self.mlp(self.layer_norm2(x)), weights
@@ -190,16 +221,27 @@ class CLIPEncoder(nn.Module):
         self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, is_causal: bool = False,
-                output_attentions: bool = False, output_hidden_states: bool = False):
+                output_attentions: bool = False, output_hidden_states: bool = False,
+                first_token_only: bool = False):
         """Returns ``(last (B, T, C), hidden_states tuple or None, attentions tuple or None)``;
-        ``hidden_states`` = (input, output of every layer), as Hugging Face."""
+        ``hidden_states`` = (input, output of every layer), as Hugging Face.
+
+        ``first_token_only=True`` (no mask, no hidden states / attentions requested) runs the last
+        layer for token 0 alone and returns ``last`` (B, 1, C): the ViT's pooled path needs only
+        the class token of the last layer, whose value this does not change."""
+        if first_token_only and (output_attentions or output_hidden_states or attention_mask is not None
+                                 or is_causal or not self.layers):
+            first_token_only = False
         hidden = [x] if output_hidden_states else None
         attns = [] if output_attentions else None
-        for layer in self.layers:
+        last_index = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            first_only = first_token_only and i == last_index
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
-                x, w = checkpoint(layer, x, attention_mask, is_causal, output_attentions, use_reentrant=False)
+                x, w = checkpoint(layer, x, attention_mask, is_causal, output_attentions, first_only,
+                                  use_reentrant=False)
             else:
-                x, w = layer(x, attention_mask, is_causal, output_attentions)
+                x, w = layer(x, attention_mask, is_causal, output_attentions, first_only)
             if hidden is not None:
                 hidden.append(x)
             if attns is not None:

@@ -191,8 +191,13 @@ class CLIPModel(CLIPPreTrainedModel):
         return self.text_projection(t.pooler_output)
 
     def get_image_features(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
-        """(B, C, H, W) -> (B, projection_dim) projected, NOT normalized."""
-        return self._image_embeds(self.vision_model(pixel_values, False, False, interpolate_pos_encoding).pooler_output)
+        """(B, C, H, W) -> (B, projection_dim) projected, NOT normalized (a ViT runs its last layer
+        for the class token only)."""
+        if self.config.is_resnet:
+            pooled = self.vision_model(pixel_values, False, False, interpolate_pos_encoding).pooler_output
+        else:
+            pooled = self.vision_model(pixel_values, False, False, interpolate_pos_encoding, pooled_only=True).pooler_output
+        return self._image_embeds(pooled)
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """OpenAI name for :meth:`get_image_features`."""

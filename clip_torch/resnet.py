@@ -15,6 +15,8 @@ from torch import nn
 from clip_core.config import CLIPResNetVisionConfig
 from clip_core.outputs import BaseModelOutputWithPooling
 
+from .layers import normal_parameter
+
 __all__ = ["BatchNorm2d", "Bottleneck", "AttentionPool2d", "ModifiedResNet"]
 
 
@@ -67,7 +69,7 @@ class AttentionPool2d(nn.Module):
 
     def __init__(self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: int) -> None:
         super().__init__()
-        self.positional_embedding = nn.Parameter(torch.randn(spacial_dim ** 2 + 1, embed_dim) / embed_dim ** 0.5)
+        self.positional_embedding = normal_parameter(spacial_dim ** 2 + 1, embed_dim, std=embed_dim ** -0.5)
         self.k_proj = nn.Linear(embed_dim, embed_dim)
         self.q_proj = nn.Linear(embed_dim, embed_dim)
         self.v_proj = nn.Linear(embed_dim, embed_dim)

@@ -8,7 +8,7 @@ from torch import nn
 from clip_core.config import CLIPVisionConfig
 from clip_core.outputs import BaseModelOutputWithPooling
 
-from .layers import CLIPEncoder, LayerNorm
+from .layers import CLIPEncoder, LayerNorm, normal_parameter
 
 __all__ = ["CLIPVisionEmbeddings", "CLIPVisionTransformer"]
 
@@ -21,7 +21,7 @@ class CLIPVisionEmbeddings(nn.Module):
         self.config = config
         d, p = config.hidden_size, config.patch_size
         self.patch_size, self.image_size = p, config.image_size
-        self.class_embedding = nn.Parameter(torch.randn(d) * d ** -0.5)  # HF init; free on meta
+        self.class_embedding = normal_parameter(d, std=d ** -0.5)  # HF init
         self.patch_embedding = nn.Conv2d(config.num_channels, d, kernel_size=p, stride=p, bias=False)
         self.position_embedding = nn.Embedding(config.num_positions, d)
 
@@ -79,12 +79,18 @@ class CLIPVisionTransformer(nn.Module):
         self.post_layernorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(self, pixel_values: torch.Tensor, output_attentions: bool = False,
-                output_hidden_states: bool = False, interpolate_pos_encoding: bool = False
-                ) -> BaseModelOutputWithPooling:
+                output_hidden_states: bool = False, interpolate_pos_encoding: bool = False,
+                pooled_only: bool = False) -> BaseModelOutputWithPooling:
         """``pixel_values`` (B, C, H, W) -> ``last_hidden_state`` (B, 1 + N, D) (encoder output, as HF),
-        ``pooler_output`` (B, D)."""
+        ``pooler_output`` (B, D).
+
+        ``pooled_only=True`` (used by ``get_image_features`` / ``encode_image``) runs the last
+        encoder layer for the class token only — the pooled output reads nothing else — so
+        ``last_hidden_state`` is then (B, 1, D). Ignored when hidden states or attentions are asked for.
+        """
         x = self.pre_layrnorm(self.embeddings(pixel_values, interpolate_pos_encoding))
-        last, hidden, attns = self.encoder(x, None, False, output_attentions, output_hidden_states)
+        last, hidden, attns = self.encoder(x, None, False, output_attentions, output_hidden_states,
+                                           first_token_only=pooled_only)
         pooled = self.post_layernorm(last[:, 0])
         return BaseModelOutputWithPooling(last_hidden_state=last, pooler_output=pooled,
                                           hidden_states=hidden, attentions=attns)

@@ -1,0 +1,76 @@
+"""clip_torch's pooled-only ViT path: the last encoder layer runs for the class token alone in
+``get_image_features`` / ``encode_image``; it must give the full path's values (to rounding)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import clip_torch
+from clip_core.testing import random_weights, tiny_vit_config
+
+
+def _setup(batch: int = 3):
+    cfg = tiny_vit_config()
+    model = clip_torch.CLIPModel.from_canonical(cfg, random_weights(cfg, seed=1))
+    size = cfg.vision_config.image_size
+    image = torch.from_numpy(np.random.default_rng(2).normal(size=(batch, 3, size, size)).astype(np.float32))
+    return model, image
+
+
+def _full_path(model, image):
+    return model.visual_projection(model.vision_model(image).pooler_output)
+
+
+@pytest.mark.parametrize("impl", ["sdpa", "eager"])
+@pytest.mark.parametrize("mode", ["inference", "no_grad", "fused_off"])
+def test_image_features_equal_full_tower(impl, mode):
+    model, image = _setup()
+    model.set_attn_implementation(impl)
+    if mode == "fused_off":
+        for layer in model.vision_model.encoder.layers:
+            layer.self_attn.fuse_qkv = False
+    ctx = torch.inference_mode() if mode == "inference" else torch.no_grad()
+    with ctx:
+        fast, full = model.get_image_features(image), _full_path(model, image)
+    assert fast.shape == (3, model.config.projection_dim)
+    np.testing.assert_allclose(fast.numpy(), full.numpy(), rtol=0, atol=2e-6)
+
+
+def test_pooled_only_shapes_and_fallback():
+    model, image = _setup(batch=2)
+    tower = model.vision_model
+    n_tokens = 1 + (tower.config.image_size // tower.config.patch_size) ** 2
+    with torch.no_grad():
+        fast = tower(image, pooled_only=True)
+        full = tower(image)
+        with_hidden = tower(image, output_hidden_states=True, pooled_only=True)  # asks for all tokens
+    assert fast.last_hidden_state.shape == (2, 1, tower.config.hidden_size)
+    assert full.last_hidden_state.shape == (2, n_tokens, tower.config.hidden_size)
+    assert with_hidden.last_hidden_state.shape == full.last_hidden_state.shape
+    np.testing.assert_allclose(fast.last_hidden_state[:, 0].numpy(), full.last_hidden_state[:, 0].numpy(),
+                               rtol=0, atol=2e-6)
+    np.testing.assert_allclose(fast.pooler_output.numpy(), full.pooler_output.numpy(), rtol=0, atol=2e-6)
+
+
+def test_pooled_only_gradients_match_full_path():
+    model, image = _setup(batch=2)
+    model.train()
+    params = [p for n, p in model.named_parameters() if n.startswith(("vision_model.", "visual_projection."))]
+    grads = []
+    for fn in (model.get_image_features, lambda x: _full_path(model, x)):
+        model.zero_grad()
+        fn(image).square().sum().backward()
+        grads.append([p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in params])
+    last = model.vision_model.encoder.layers[-1].self_attn.q_proj.weight
+    assert last.grad is not None and float(last.grad.abs().max()) > 0
+    for g_fast, g_full in zip(*grads):
+        np.testing.assert_allclose(g_fast.numpy(), g_full.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_first_query_only_rejects_masks():
+    model, _ = _setup()
+    attn = model.vision_model.encoder.layers[0].self_attn
+    x = torch.randn(1, 4, attn.embed_dim)
+    with pytest.raises(ValueError, match="first_query_only"):
+        attn(x, is_causal=True, first_query_only=True)
