@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """Train the bundled default model: a small CLIP on procedurally generated coloured shapes.
 
-    python scripts/train_default_model.py [--steps 1500] [--seed 0] [--threads 2] [--out DIR]
+    python scripts/train_default_model.py [--steps 6000] [--seed 0] [--threads 1] [--out DIR]
+
+The defaults are the recipe of the shipped model (``training.json`` records the exact command).
 
 Deterministic for a given seed and thread count. Uses the project's own code end to end:
 ``clip_core.shapes`` (data), ``clip_core.tokenize`` and ``CLIPImageProcessor`` (inputs),
@@ -43,7 +45,7 @@ EVAL_SEED = 10_001  # held-out images for the metrics recorded here (tests use o
 IMAGE_SIZE = 64
 
 
-ARCH = {"patch_size": 8, "vision_width": 96, "vision_layers": 4}  # set from the command line
+ARCH = {"patch_size": 16, "vision_width": 128, "vision_layers": 4}  # set from the command line
 
 
 def model_config(vocab_size: int = 49408, eos: int = 49407, bos: int = 49406, pad: int = 1) -> CLIPConfig:
@@ -86,8 +88,26 @@ class CompactVocab:
         return compact, (ids != 0).astype(np.int64)
 
 
-def init_weights(config: CLIPConfig, seed: int) -> dict[str, np.ndarray]:
-    """Canonical initial weights: fan-in scaled linears, small embeddings, unit norms, zero biases."""
+def sincos_2d(grid: int, dim: int, scale: float = 0.5) -> np.ndarray:
+    """2-D sine-cosine position table ``(1 + grid**2, dim)``: half the channels encode the row, half
+    the column (class-token row zero), as in MAE; ``scale`` keeps it near the patch embeddings' size."""
+    if dim % 4:
+        raise ValueError(f"a 2-D sine-cosine table needs a width divisible by 4, got {dim}")
+    quarter = dim // 4
+    omega = 1.0 / 10000 ** (np.arange(quarter) / quarter)  # (D/4,)
+    rows, cols = np.meshgrid(np.arange(grid), np.arange(grid), indexing="ij")
+
+    def encode(pos: np.ndarray) -> np.ndarray:
+        angle = pos.reshape(-1, 1) * omega  # (grid², D/4)
+        return np.concatenate([np.sin(angle), np.cos(angle)], 1)
+
+    table = np.concatenate([encode(rows), encode(cols)], 1)  # (grid², D)
+    return (scale * np.concatenate([np.zeros((1, dim)), table])).astype(np.float32)
+
+
+def init_weights(config: CLIPConfig, seed: int, pos_init: str = "random") -> dict[str, np.ndarray]:
+    """Canonical initial weights: fan-in scaled linears, small embeddings, unit norms, zero biases;
+    ``pos_init="sincos"`` starts the vision position embedding from a 2-D sine-cosine table."""
     from clip_core.testing import random_weights
 
     w = random_weights(config, seed=seed)
@@ -97,6 +117,10 @@ def init_weights(config: CLIPConfig, seed: int) -> dict[str, np.ndarray]:
             w[name] = np.zeros_like(value)
         elif ("norm" in name or "layrnorm" in name) and leaf == "weight":
             w[name] = np.ones_like(value)
+    if pos_init == "sincos":
+        vision = config.vision_config
+        w["vision_model.embeddings.position_embedding.weight"] = sincos_2d(
+            vision.image_size // vision.patch_size, vision.hidden_size)
     return w
 
 
@@ -154,7 +178,7 @@ def train(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     vocab = CompactVocab([t.format(n) for n in shapes.label_names() for t in TRAIN_TEMPLATES + (shapes.CAPTION_TEMPLATE,)])
     compact_cfg = model_config(len(vocab), eos=len(vocab) - 1, bos=len(vocab) - 2, pad=0)
-    model = clip_torch.CLIPModel.from_canonical(compact_cfg, init_weights(compact_cfg, args.seed))
+    model = clip_torch.CLIPModel.from_canonical(compact_cfg, init_weights(compact_cfg, args.seed, args.pos_init))
     model.train()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
@@ -209,17 +233,19 @@ def write_examples(directory: Path, n: int = 8, size: int = 128) -> list[Path]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=6000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--lr", type=float, default=6e-4)
+    p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--log-every", type=int, default=100)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--log-every", type=int, default=250)
     p.add_argument("--eval-images", type=int, default=1000)
-    p.add_argument("--patch-size", type=int, default=8)
-    p.add_argument("--vision-width", type=int, default=96)
+    p.add_argument("--patch-size", type=int, default=16)
+    p.add_argument("--vision-width", type=int, default=128)
     p.add_argument("--vision-layers", type=int, default=4)
+    p.add_argument("--pos-init", choices=("random", "sincos"), default="sincos",
+                   help="initial vision position embedding")
     p.add_argument("--examples", default=str(ROOT / "examples"), help="where to write the example images")
     p.add_argument("--out", default=str(ROOT / "clip_core" / "data" / "default"))
     args = p.parse_args(argv)
@@ -261,7 +287,7 @@ def main(argv=None) -> int:
         "training": {
             "framework": f"clip_torch (torch {torch.__version__})", "loss": "CLIPModel(return_loss=True)",
             "optimizer": "torch.optim.AdamW", "lr": args.lr, "warmup_steps": args.warmup, "schedule": "cosine",
-            "weight_decay": args.weight_decay, "betas": [0.9, 0.98], "eps": 1e-6, "steps": args.steps,
+            "weight_decay": args.weight_decay, "vision_position_init": args.pos_init, "betas": [0.9, 0.98], "eps": 1e-6, "steps": args.steps,
             "batch_size": len(shapes.LABELS), "threads": args.threads, "seed": args.seed,
             "compact_vocabulary_rows": len(run["vocab"]), "seconds": round(run["seconds"], 1),
             "machine": f"{platform.machine()} {os.cpu_count()} cpus",

@@ -17,10 +17,6 @@ ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT_SEED = 777_001  # neither the training seed nor the evaluation seed in training.json
 N_HELD_OUT = 500
 FRAMEWORKS = {"torch": "torch", "flax": "flax", "tf": "tensorflow"}
-# The bundled model does not reach the bar yet (issue 8 stays open until it is retrained). strict=True:
-# the day it passes, these markers fail and must be removed.
-WEAK_MODEL = pytest.mark.xfail(strict=True, reason="the bundled default model reaches 33.6% zero-shot top-1, "
-                                                   "not 90% (issue 8 open: retrain it on an idle machine)")
 
 
 def _installed(framework: str) -> bool:
@@ -63,12 +59,10 @@ def test_bundled_files_and_record():
     assert proc.mode == "openai" and proc.crop_size == {"height": 64, "width": 64}
 
 
-@WEAK_MODEL
 def test_recorded_metric_at_least_90_percent():
     assert default_model_info()["metrics"]["zero_shot_top1_caption_template"] >= 0.9
 
 
-@WEAK_MODEL
 @pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
 def test_zero_shot_top1_at_least_90_percent(framework, results, held_out):
     if framework not in results:
@@ -99,7 +93,6 @@ def _examples() -> list[Path]:
     return sorted((ROOT / "examples").glob("*.png"))
 
 
-@WEAK_MODEL
 def test_examples_are_classified_correctly(capsys):
     """The README's first command: every example's true label (its file name) comes first."""
     from clip_zoo.__main__ import main
