@@ -160,14 +160,14 @@ def run(n_images: int, repeats: int, per_image: bool, workdir: Path) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="48 images, 1 timed round, no per-image loop")
-    p.add_argument("--images", type=int, help="number of JPEGs (default 500; 48 with --quick)")
+    p.add_argument("--quick", action="store_true", help="32 images, 1 timed round, no per-image loop")
+    p.add_argument("--images", type=int, help="number of JPEGs (default 500; 32 with --quick)")
     p.add_argument("--repeats", type=int, help="timed interleaved rounds (default 3; 1 with --quick)")
     p.add_argument("--per-image", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the one-image-at-a-time transformers loop (default: full mode only)")
     p.add_argument("--dir", help="work directory (default: a temp dir)")
     args = p.parse_args(argv)
-    n = args.images or (48 if args.quick else 500)
+    n = args.images or (32 if args.quick else 500)
     repeats = args.repeats or (1 if args.quick else 3)
     per_image = (not args.quick) if args.per_image is None else args.per_image
     workdir = Path(tempfile.mkdtemp(prefix="bench_e2e.", dir=args.dir))

@@ -55,7 +55,7 @@ def _contenders(path, resnet: bool, size) -> dict[str, dict[str, Callable]]:
             "clip_flax": lambda pix=pix: _ready(ours.get_image_features(pix))}
         case.update({impl: lambda pix=pix, fns=fns: fns[0](pix) for impl, fns in refs.items()})
     if not resnet:
-        for name, ids in text_inputs(size.text_batch).items():
+        for name, ids in text_inputs(size.text_batch, size.long_captions).items():
             cases[name] = {"clip_flax": lambda ids=ids: _ready(ours.get_text_features(ids)),
                            **{impl: lambda ids=ids, fns=fns: fns[1](ids) for impl, fns in refs.items()}}
     return cases

@@ -54,12 +54,12 @@ def _image_cases(ours, hf_image, torch_fns, prefix: str, batches) -> dict:
     return cases
 
 
-def _text_cases(ours, hf_text, torch_fns, batch: int) -> dict:
+def _text_cases(ours, hf_text, torch_fns, size) -> dict:
     """``{"text_b{n}" | "text_long_b{n}": {impl: fn}}`` (with the padding mask for the TF models)."""
     import tensorflow as tf
 
     cases = {}
-    for name, ids in text_inputs(batch).items():
+    for name, ids in text_inputs(size.text_batch, size.long_captions).items():
         mask = (ids != 0).astype(np.int32)
         idst, maskt = tf.constant(ids), tf.constant(mask)
         cases[name] = {"clip_tf": lambda ids=ids, mask=mask: ours.get_text_features(ids, mask).numpy(),
@@ -82,7 +82,7 @@ def run(quick: bool = False) -> dict:
             torch_fns = torch_features(path)
             cases.update(_image_cases(ours, hf_image, torch_fns, prefix, size.image_batches))
             if not config.is_resnet:
-                text = _text_cases(ours, hf_text, torch_fns, size.text_batch)
+                text = _text_cases(ours, hf_text, torch_fns, size)
     cases.update(text)
     results: dict = {"config": "ViT-B/32 and RN50 (random weights), fp32, CPU", "quick": quick,
                      "first_call_s": {}, "steady": {}, "ratios": {}, "agreement": {}}

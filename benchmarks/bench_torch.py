@@ -131,7 +131,7 @@ def _cases(models: dict, size) -> dict:
             cases[f"{prefix}image_b{bs}"] = {"matmul_2048": lambda: torch.mm(a, b),
                                              **{impl: _image_fn(impl, m, x) for impl, m in impls.items()}}
     impls = _impls(models["ViT-B/32"])
-    for case, ids in text_inputs(size.text_batch).items():
+    for case, ids in text_inputs(size.text_batch, size.long_captions).items():
         t = torch.from_numpy(ids).long()  # (B, 77)
         cases[case] = {impl: _text_fn(impl, m, t) for impl, m in impls.items()}
     return cases

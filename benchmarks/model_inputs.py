@@ -42,15 +42,16 @@ class Sizes:
     image_batches: tuple[int, ...]
     text_batch: int
     repeats: int
+    long_captions: bool = True
 
 
 def sizes(quick: bool, compiled: bool = True) -> Sizes:
     """Full: images at batch 1 and 16, text at 64, 7 interleaved timed rounds after the first call.
     Quick (proves the command works in about a minute per framework): images at 16 only, text at
     8, one timed round for compiled frameworks (their first call is compilation) and none for eager
-    torch (its first call, already checked, is the timing)."""
+    torch (its first call, already checked, is the timing), no long captions."""
     if quick:
-        return Sizes((16,), 8, 1 if compiled else 0)
+        return Sizes((16,), 8, 1 if compiled else 0, long_captions=False)
     return Sizes((1, 16), 64, 7)
 
 
@@ -82,12 +83,15 @@ def long_captions(n: int = 64) -> list[str]:
     return captions
 
 
-def text_inputs(batch: int) -> dict[str, np.ndarray]:
-    """``{"text_b{batch}": short prompts, "text_long_b{batch}": long captions}``, int32 (batch, 77)."""
+def text_inputs(batch: int, long: bool = True) -> dict[str, np.ndarray]:
+    """``{"text_b{batch}": short prompts, "text_long_b{batch}": long captions (if ``long``)}``,
+    int32 (batch, 77)."""
     from clip_core import tokenize
 
-    return {f"text_b{batch}": tokenize(short_prompts(batch)).astype(np.int32),
-            f"text_long_b{batch}": tokenize(long_captions(batch)).astype(np.int32)}
+    inputs = {f"text_b{batch}": tokenize(short_prompts(batch)).astype(np.int32)}
+    if long:
+        inputs[f"text_long_b{batch}"] = tokenize(long_captions(batch)).astype(np.int32)
+    return inputs
 
 
 def images(batches: tuple[int, ...], size: int = 224, seed: int = 0) -> dict[int, np.ndarray]:
