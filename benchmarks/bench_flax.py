@@ -69,7 +69,7 @@ def main(argv=None) -> dict:
     out: dict = {"quick": args.quick, "model": "ViT-B/32 and RN50 (random weights), fp32, CPU",
                  "timings": {}, "compile_s": {}, "speed_ratios": {}, "agreement": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ("ViT-B/32", "RN50"):
+        for name in size.models:
             config, _, path = checkpoint(name, tmp)
             for case, contenders in _contenders(path, config.is_resnet, size).items():
                 res = measure(contenders, "clip_flax", size.repeats)

@@ -75,8 +75,9 @@ def run(quick: bool = False) -> dict:
     size = sizes(quick)
     cases, text = {}, {}
     with tempfile.TemporaryDirectory(prefix="bench_tf_") as tmp:
-        for name, prefix in (("ViT-B/32", ""), ("RN50", "rn50_")):
+        for name in size.models:
             config, _, path = checkpoint(name, tmp)
+            prefix = "rn50_" if config.is_resnet else ""
             ours = clip_tf.CLIPModel.from_pretrained(path)
             hf_image, hf_text = (None, None) if config.is_resnet else _hf_tf(path)
             torch_fns = torch_features(path)

@@ -11,6 +11,7 @@ from clip_core.config import num_labels_of, with_labels
 from clip_core.outputs import (BaseModelOutputWithPooling, CLIPOutput, CLIPTextModelOutput,
                                CLIPVisionModelOutput, ImageClassifierOutput)
 
+from .layers import Linear
 from .modeling_utils import CLIPPreTrainedModel
 from .resnet import ModifiedResNet
 from .text import CLIPTextTransformer
@@ -63,7 +64,7 @@ class CLIPTextModelWithProjection(CLIPPreTrainedModel):
         super().__init__(config, attn_implementation)
         t = self.config.text_config
         self.text_model = CLIPTextTransformer(t, attn_implementation)
-        self.text_projection = nn.Linear(t.hidden_size, self.config.projection_dim, bias=False)
+        self.text_projection = Linear(t.hidden_size, self.config.projection_dim, bias=False)
 
     def forward(self, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, output_attentions: Optional[bool] = None,
@@ -103,7 +104,7 @@ class CLIPVisionModelWithProjection(CLIPPreTrainedModel):
         super().__init__(config, attn_implementation)
         self.vision_model = _vision_tower(self.config, attn_implementation)
         if not self.config.is_resnet:
-            self.visual_projection = nn.Linear(self.config.vision_config.hidden_size, self.config.projection_dim,
+            self.visual_projection = Linear(self.config.vision_config.hidden_size, self.config.projection_dim,
                                                bias=False)
 
     def forward(self, pixel_values: Optional[torch.Tensor] = None, output_attentions: Optional[bool] = None,
@@ -126,7 +127,7 @@ class CLIPForImageClassification(CLIPPreTrainedModel):
         super().__init__(config, attn_implementation)
         self._num_labels = num_labels_of(self.config)
         self.vision_model = _vision_tower(self.config, attn_implementation)
-        self.classifier = nn.Linear(self.config.vision_config.hidden_size, self._num_labels)
+        self.classifier = Linear(self.config.vision_config.hidden_size, self._num_labels)
 
     @property
     def num_labels(self) -> int:
@@ -175,9 +176,9 @@ class CLIPModel(CLIPPreTrainedModel):
         c = self.config
         self.text_model = CLIPTextTransformer(c.text_config, attn_implementation)
         self.vision_model = _vision_tower(c, attn_implementation)
-        self.text_projection = nn.Linear(c.text_config.hidden_size, c.projection_dim, bias=False)
+        self.text_projection = Linear(c.text_config.hidden_size, c.projection_dim, bias=False)
         if not c.is_resnet:
-            self.visual_projection = nn.Linear(c.vision_config.hidden_size, c.projection_dim, bias=False)
+            self.visual_projection = Linear(c.vision_config.hidden_size, c.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(float(c.logit_scale_init_value)))
 
     # ------------------------------------------------------------------ features

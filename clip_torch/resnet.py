@@ -7,6 +7,7 @@ the mean token as the only query. BatchNorm runs with the checkpoint's running s
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +16,53 @@ from torch import nn
 from clip_core.config import CLIPResNetVisionConfig
 from clip_core.outputs import BaseModelOutputWithPooling
 
-from .layers import normal_parameter
+from .layers import Linear, _version, normal_parameter, onednn_ok
 
-__all__ = ["BatchNorm2d", "Bottleneck", "AttentionPool2d", "ModifiedResNet"]
+__all__ = ["BatchNorm2d", "Bottleneck", "AttentionPool2d", "ModifiedResNet", "fold_batch_norm"]
+
+CHANNELS_LAST = torch.channels_last
+
+
+def fold_batch_norm(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(weight, bias)`` of one convolution equal to eval-mode ``bn(conv(x))``, weight channels-last."""
+    alpha = bn.weight / torch.sqrt(bn.running_var + bn.eps)  # (C_out,): BatchNorm's own scale
+    weight = (conv.weight * alpha[:, None, None, None]).contiguous(memory_format=CHANNELS_LAST)
+    return weight, bn.bias - bn.running_mean * alpha
+
+
+class FoldedConvs:
+    """The (conv, bn) pairs of one module folded for inference, rebuilt when any of their tensors
+    changes (storage or in-place version), and run as oneDNN convolutions with fused epilogues."""
+
+    def __init__(self, pairs: dict[str, tuple[nn.Conv2d, nn.BatchNorm2d]]) -> None:
+        self.pairs = pairs
+        self._key: Optional[tuple] = None
+        self._folded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _get(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        tensors = [t for c, b in self.pairs.values() for t in (c.weight, b.weight, b.bias, b.running_mean, b.running_var)]
+        key = tuple((t.data_ptr(), _version(t)) for t in tensors)
+        if key != self._key:
+            self._folded = {n: fold_batch_norm(c, b) for n, (c, b) in self.pairs.items()}
+            self._key = key
+        return self._folded[name]
+
+    def conv(self, name: str, x: torch.Tensor, relu: bool = True, add: Optional[torch.Tensor] = None
+             ) -> torch.Tensor:
+        """``relu(bn(conv(x)) [+ add])`` (no relu if ``relu`` is False and ``add`` is None)."""
+        weight, bias = self._get(name)
+        conv = self.pairs[name][0]
+        geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
+        if add is not None:
+            return torch.ops.mkldnn._convolution_pointwise.binary(x, add, weight, bias, *geometry,
+                                                                  "add", None, "relu", [], "")
+        return torch.ops.mkldnn._convolution_pointwise(x, weight, bias, *geometry, "relu" if relu else "none",
+                                                       [], "")
+
+
+def fast_path(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``module`` runs on folded oneDNN convolutions: eval mode, no autograd, fp32 CPU."""
+    return not module.training and onednn_ok(x, weight)
 
 
 class BatchNorm2d(nn.BatchNorm2d):
@@ -55,13 +100,26 @@ class Bottleneck(nn.Module):
                 ("0", nn.Conv2d(inplanes, out, 1, stride=1, bias=False)),
                 ("1", BatchNorm2d(out, eps)),
             ]))
+        pairs = {"1": (self.conv1, self.bn1), "2": (self.conv2, self.bn2), "3": (self.conv3, self.bn3)}
+        if self.downsample is not None:
+            pairs["down"] = (self.downsample[1], self.downsample[2])
+        self._folded = FoldedConvs(pairs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_path(self, x, self.conv1.weight):
+            return self._forward_folded(x)
         y = F.relu(self.bn1(self.conv1(x)))
         y = F.relu(self.bn2(self.conv2(y)))
         y = self.bn3(self.conv3(self.avgpool(y)))
         identity = x if self.downsample is None else self.downsample(x)
         return F.relu(y + identity)
+
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """The same block as three (four) fused oneDNN convolutions, channels-last."""
+        f = self._folded
+        y = self.avgpool(f.conv("2", f.conv("1", x)))
+        identity = x if self.downsample is None else f.conv("down", self.downsample[0](x), relu=False)
+        return f.conv("3", y, add=identity)
 
 
 class AttentionPool2d(nn.Module):
@@ -70,10 +128,10 @@ class AttentionPool2d(nn.Module):
     def __init__(self, spacial_dim: int, embed_dim: int, num_heads: int, output_dim: int) -> None:
         super().__init__()
         self.positional_embedding = normal_parameter(spacial_dim ** 2 + 1, embed_dim, std=embed_dim ** -0.5)
-        self.k_proj = nn.Linear(embed_dim, embed_dim)
-        self.q_proj = nn.Linear(embed_dim, embed_dim)
-        self.v_proj = nn.Linear(embed_dim, embed_dim)
-        self.c_proj = nn.Linear(embed_dim, output_dim)
+        self.k_proj = Linear(embed_dim, embed_dim)
+        self.q_proj = Linear(embed_dim, embed_dim)
+        self.v_proj = Linear(embed_dim, embed_dim)
+        self.c_proj = Linear(embed_dim, output_dim)
         self.num_heads = num_heads
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -116,10 +174,15 @@ class ModifiedResNet(nn.Module):
                 blocks.append(Bottleneck(inplanes, planes, stride, eps))
                 inplanes = planes * Bottleneck.expansion
             setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
+        self._folded = FoldedConvs({"1": (self.conv1, self.bn1), "2": (self.conv2, self.bn2),
+                                    "3": (self.conv3, self.bn3)})
         self.attnpool = AttentionPool2d(config.grid_size, config.embed_dim, config.num_attention_heads,
                                         config.projection_dim)
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
+        if fast_path(self, x, self.conv1.weight):
+            x = x.contiguous(memory_format=CHANNELS_LAST)
+            return self.avgpool(self._folded.conv("3", self._folded.conv("2", self._folded.conv("1", x))))
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = F.relu(self.bn3(self.conv3(x)))
@@ -140,6 +203,9 @@ class ModifiedResNet(nn.Module):
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
             x = stage(x)
             hidden.append(x)
+        if x.is_contiguous(memory_format=CHANNELS_LAST) and not x.is_contiguous():  # the folded path
+            x = x.contiguous()
+            hidden = [h.contiguous() for h in hidden] if output_hidden_states else hidden
         pooled = self.attnpool(x)
         return BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled,
                                           hidden_states=tuple(hidden) if output_hidden_states else None,

@@ -74,3 +74,70 @@ def test_first_query_only_rejects_masks():
     x = torch.randn(1, 4, attn.embed_dim)
     with pytest.raises(ValueError, match="first_query_only"):
         attn(x, is_causal=True, first_query_only=True)
+
+
+# --- oneDNN inference kernels (clip_torch.layers.ONEDNN): gemm, folded BatchNorm, fused epilogues ---
+
+def _resnet_setup(batch: int = 2):
+    from clip_core.testing import tiny_resnet_config
+
+    cfg = tiny_resnet_config()
+    model = clip_torch.CLIPModel.from_canonical(cfg, random_weights(cfg, seed=3)).eval()
+    size = cfg.vision_config.image_size
+    image = torch.from_numpy(np.random.default_rng(4).normal(size=(batch, 3, size, size)).astype(np.float32))
+    return model, image
+
+
+def _with_onednn(enabled: bool, fn):
+    from clip_torch import layers
+
+    saved, layers.ONEDNN = layers.ONEDNN, enabled
+    try:
+        with torch.inference_mode():
+            return fn()
+    finally:
+        layers.ONEDNN = saved
+
+
+@pytest.mark.parametrize("tower", ["vit", "resnet"])
+def test_onednn_kernels_match_reference_kernels(tower):
+    model, image = _setup() if tower == "vit" else _resnet_setup()
+    run = lambda: model.vision_model(image, output_hidden_states=True)  # noqa: E731
+    fast, plain = _with_onednn(True, run), _with_onednn(False, run)
+    for a, b in zip((fast.pooler_output, *fast.hidden_states), (plain.pooler_output, *plain.hidden_states)):
+        assert a.is_contiguous() and a.shape == b.shape
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-5)
+    if tower == "resnet":  # the folded path ran (its cache is filled) and the plain one did not use it
+        assert model.vision_model.layer1[0]._folded._key is not None
+
+
+def test_onednn_linear_matches_f_linear_and_keeps_autograd_path():
+    from clip_torch.layers import Linear
+
+    layer = Linear(96, 80)
+    x = torch.from_numpy(np.random.default_rng(5).normal(size=(3, 7, 96)).astype(np.float32))
+    with torch.no_grad():
+        fast = layer(x)
+    ref = torch.nn.functional.linear(x, layer.weight, layer.bias)
+    np.testing.assert_allclose(fast.numpy(), ref.detach().numpy(), rtol=1e-5, atol=1e-6)
+    y = layer(x.requires_grad_())  # with autograd: F.linear, which has a backward
+    y.sum().backward()
+    assert layer.weight.grad is not None and x.grad is not None
+
+
+def test_folded_resnet_follows_weight_changes_and_train_mode():
+    model, image = _resnet_setup()
+    tower = model.vision_model
+    with torch.no_grad():
+        before = tower(image).pooler_output
+        bn = tower.layer2[0].bn2
+        bn.running_var.mul_(4.0)  # in place: the folded weights must be rebuilt
+        bn.bias.add_(0.5)
+        after = tower(image).pooler_output
+        reference = _with_onednn(False, lambda: tower(image).pooler_output)
+    assert not np.allclose(before.numpy(), after.numpy(), atol=1e-3)
+    np.testing.assert_allclose(after.numpy(), reference.numpy(), rtol=1e-5, atol=1e-5)
+    tower.train()  # batch statistics: the plain path, not the folded running-statistics one
+    with torch.no_grad():
+        train_out = tower(image).pooler_output
+    assert not np.allclose(train_out.numpy(), after.numpy(), atol=1e-3)
