@@ -118,11 +118,11 @@ class Conv2D(_Leaf):
         param(self, "kernel", (size, size, n_in, n_out), "he_normal")
         self._done()
 
-    def call(self, x):  # (B, H, W, C)
+    def call(self, x, kernel=None):  # (B, H, W, C); ``kernel`` replaces the layer's own (BN folding)
         if self.padding:
             p = self.padding
             x = tf.pad(x, [[0, 0], [p, p], [p, p], [0, 0]])
-        return tf.nn.conv2d(x, tf.cast(self.kernel, x.dtype), self.stride, "VALID")
+        return tf.nn.conv2d(x, tf.cast(self.kernel if kernel is None else kernel, x.dtype), self.stride, "VALID")
 
 
 class BatchNorm(_Leaf):
@@ -148,9 +148,28 @@ class BatchNorm(_Leaf):
             self.moving_variance.assign(self.moving_variance * (1 - self.momentum) + unbiased * self.momentum)
         else:
             mean, var = (tf.cast(v, tf.float32) for v in (self.moving_mean, self.moving_variance))
+        scale, shift = self.scale_shift(mean, var)
+        return tf.cast(x * scale + shift, in_dtype)
+
+    def scale_shift(self, mean=None, var=None):
+        """``(scale, shift)`` (C,) fp32 with ``bn(x) = x * scale + shift`` (running statistics by default)."""
+        if mean is None:
+            mean, var = (tf.cast(v, tf.float32) for v in (self.moving_mean, self.moving_variance))
         gamma, beta = (tf.cast(v, tf.float32) for v in (self.gamma, self.beta))  # bf16/fp16 policies
         scale = gamma * tf.math.rsqrt(var + self.eps)
-        return tf.cast(x * scale + (beta - mean * scale), in_dtype)
+        return scale, beta - mean * scale
+
+
+def conv_bn(conv: Conv2D, bn: BatchNorm, x, training: bool = False, relu: bool = True, add=None):
+    """``relu(bn(conv(x)) [+ add])``. In inference BatchNorm is folded into the kernel and a bias, so
+    grappler fuses Conv2D + BiasAdd (+ Add) + Relu into one oneDNN convolution (~1e-7 rounding)."""
+    if training or x.dtype != tf.float32:
+        y = bn(conv(x), training=training)
+    else:
+        scale, shift = bn.scale_shift()
+        y = tf.nn.bias_add(conv(x, kernel=tf.cast(conv.kernel, tf.float32) * scale), shift)  # HWIO * (O,)
+    y = y if add is None else y + add
+    return tf.nn.relu(y) if relu or add is not None else y
 
 
 def activation(name: str):

@@ -7,7 +7,7 @@ import tensorflow as tf
 from clip_core.outputs import BaseModelOutputWithPooling
 from clip_core.schema import resnet_blocks
 
-from .primitives import BatchNorm, Conv2D, Dense, param, shape_list
+from .primitives import BatchNorm, Conv2D, Dense, conv_bn, param, shape_list
 
 __all__ = ["Bottleneck", "AttentionPool2d", "ModifiedResNet", "avg_pool"]
 
@@ -35,14 +35,13 @@ class Bottleneck(keras.layers.Layer):
         self.built = True
 
     def call(self, x, training=False):  # (B, H, W, C_in) -> (B, H/s, W/s, 4*planes)
-        out = tf.nn.relu(self.bn1(self.conv1(x), training=training))
-        out = tf.nn.relu(self.bn2(self.conv2(out), training=training))
-        out = self.bn3(self.conv3(avg_pool(out, self.stride)), training=training)
+        out = conv_bn(self.conv1, self.bn1, x, training)
+        out = avg_pool(conv_bn(self.conv2, self.bn2, out, training), self.stride)
         identity = x
         if hasattr(self, "downsample"):
             conv, bn = self.downsample
-            identity = bn(conv(avg_pool(x, self.stride)), training=training)
-        return tf.nn.relu(out + identity)
+            identity = conv_bn(conv, bn, avg_pool(x, self.stride), training, relu=False)
+        return conv_bn(self.conv3, self.bn3, out, training, add=identity)
 
 
 class AttentionPool2d(keras.layers.Layer):
@@ -102,7 +101,7 @@ class ModifiedResNet(keras.layers.Layer):
         x = tf.cast(pixel_values, self.compute_dtype)
         x = x if data_format == "channels_last" else tf.transpose(x, [0, 2, 3, 1])  # NCHW -> NHWC
         for conv, bn in ((self.conv1, self.bn1), (self.conv2, self.bn2), (self.conv3, self.bn3)):
-            x = tf.nn.relu(bn(conv(x), training=training))
+            x = conv_bn(conv, bn, x, training)
         x = avg_pool(x, 2)
         hidden = [x]
         for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
