@@ -15,6 +15,15 @@ import flax.linen as nn
 Dtype = Any
 
 
+class Configured(nn.Module):
+    """Base of the modules built from one config (a tower's, or the whole ``CLIPConfig``) with a
+    compute ``dtype`` and a parameter dtype: the three fields every such module shares."""
+
+    config: Any
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+
 def activation(name: str):
     """The activation function a config names (exact erf gelu, OpenAI's quick_gelu)."""
     if name == "quick_gelu":
@@ -83,12 +92,8 @@ class CLIPMLP(nn.Module):
         return dense(d, self.dtype, self.param_dtype, "fc2")(x)
 
 
-class CLIPEncoderLayer(nn.Module):
+class CLIPEncoderLayer(Configured):
     """Pre-norm residual block: x + attn(ln1(x)); x + mlp(ln2(x))."""
-
-    config: Any  # CLIPTextConfig or CLIPVisionConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, mask=None, deterministic: bool = True, output_attentions: bool = False):
@@ -102,12 +107,8 @@ class CLIPEncoderLayer(nn.Module):
         return x, attn
 
 
-class _LayerCollection(nn.Module):
+class _LayerCollection(Configured):
     """Holds the layers as children ``0 .. N-1`` (the HF Flax ``encoder/layers/<i>`` paths)."""
-
-    config: Any
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, mask=None, deterministic: bool = True, output_attentions: bool = False,
@@ -125,12 +126,8 @@ class _LayerCollection(nn.Module):
         return x, (tuple(hidden) if output_hidden_states else None), (tuple(attns) if output_attentions else None)
 
 
-class CLIPEncoder(nn.Module):
+class CLIPEncoder(Configured):
     """The stack of encoder layers; returns ``(last, hidden_states, attentions)``."""
-
-    config: Any
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, mask=None, deterministic: bool = True, output_attentions: bool = False,

@@ -131,7 +131,7 @@ class FlaxCLIPPreTrainedModel:
         """
         import conversion
 
-        cfg, weights = _load_weights(path, config, cls.part)
+        cfg, weights = conversion.load_for_part(path, cls.part, config)
         model = cls(cfg, dtype=dtype, param_dtype=param_dtype, _do_init=False, num_labels=num_labels)
         kwargs = model._schema_kwargs()
         wanted = schema(cfg, cls.part, **kwargs)
@@ -164,13 +164,7 @@ class FlaxCLIPPreTrainedModel:
             return self.save_msgpack(directory)
         if format != "canonical":
             raise ValueError(f"unknown format {format!r}; expected 'canonical' or 'flax'")
-        weights = self.canonical_weights()
-        if self.part != "model":  # conversion's writers only take whole-CLIP weights (so far)
-            return _save_part(directory, self.config, weights)
-        if hasattr(conversion, "save_checkpoint"):
-            conversion.save_checkpoint(directory, self.config, weights, format="canonical")
-        else:
-            conversion.save_canonical(directory, self.config, weights)
+        conversion.save_checkpoint(directory, self.config, self.canonical_weights(), part=self.part)
         return directory
 
     def save_msgpack(self, directory: PathLike) -> Path:
@@ -200,40 +194,6 @@ class FlaxCLIPPreTrainedModel:
 
     def num_parameters(self) -> int:
         return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(self.params)))
-
-
-def _load_weights(path: PathLike, config: Optional[CLIPConfig], part: str) -> tuple[CLIPConfig, dict]:
-    """``conversion.load_checkpoint``; for a tower / classifier part, a canonical safetensors
-    directory holding only that part is also accepted (conversion checks whole-CLIP weights)."""
-    import conversion
-    from clip_core.schema import WeightMismatchError
-
-    try:
-        return conversion.load_checkpoint(path, config) if config is not None else conversion.load_checkpoint(path)
-    except WeightMismatchError:
-        p = Path(path)
-        if part == "model" or not (p / "model.safetensors").is_file():
-            raise
-    from safetensors.numpy import load_file
-
-    cfg = config or CLIPConfig.from_pretrained(p)
-    weights = load_file(str(p / "model.safetensors"))
-    for legacy in ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids"):
-        weights.pop(legacy, None)
-    return cfg, weights
-
-
-def _save_part(directory: Path, config: CLIPConfig, weights: dict) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` for a tower-only / classification model."""
-    from safetensors.numpy import save
-
-    from clip_core.io import atomic_write_bytes
-
-    directory.mkdir(parents=True, exist_ok=True)
-    tensors = {k: np.ascontiguousarray(v) for k, v in weights.items()}
-    atomic_write_bytes(directory / "model.safetensors", save(tensors, metadata={"format": "pt"}))
-    config.save_pretrained(directory)
-    return directory
 
 
 def _ids(x):

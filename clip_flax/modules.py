@@ -13,7 +13,7 @@ import flax.linen as nn
 from clip_core import outputs as O
 from clip_core.config import CLIPConfig
 
-from .layers import Dtype, dense
+from .layers import Configured, Dtype, dense
 from .resnet import ModifiedResNet
 from .text import CLIPTextTransformer
 from .vision import CLIPVisionTransformer
@@ -56,12 +56,8 @@ def _normalize(x):
     return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
 
 
-class CLIPModule(nn.Module):
+class CLIPModule(Configured):
     """``text_model``, ``vision_model``, ``text_projection``, ``visual_projection`` (ViT), ``logit_scale``."""
-
-    config: CLIPConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     def setup(self):
         c = self.config
@@ -102,11 +98,7 @@ class CLIPModule(nn.Module):
                                              interpolate_pos_encoding=interpolate_pos_encoding))
 
 
-class CLIPTextModule(nn.Module):
-    config: CLIPConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
+class CLIPTextModule(Configured):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True,
                  output_attentions: bool = False, output_hidden_states: bool = False):
@@ -114,11 +106,7 @@ class CLIPTextModule(nn.Module):
             input_ids, attention_mask, position_ids, deterministic, output_attentions, output_hidden_states)
 
 
-class CLIPTextModelWithProjectionModule(nn.Module):
-    config: CLIPConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
+class CLIPTextModelWithProjectionModule(Configured):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True,
                  output_attentions: bool = False, output_hidden_states: bool = False):
@@ -129,11 +117,7 @@ class CLIPTextModelWithProjectionModule(nn.Module):
         return O.CLIPTextModelOutput(embeds, t.last_hidden_state, t.hidden_states, t.attentions)
 
 
-class CLIPVisionModule(nn.Module):
-    config: CLIPConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
+class CLIPVisionModule(Configured):
     @nn.compact
     def __call__(self, pixel_values, deterministic: bool = True, output_attentions: bool = False,
                  output_hidden_states: bool = False, interpolate_pos_encoding: bool = False):
@@ -141,11 +125,7 @@ class CLIPVisionModule(nn.Module):
             pixel_values, deterministic, output_attentions, output_hidden_states, interpolate_pos_encoding)
 
 
-class CLIPVisionModelWithProjectionModule(nn.Module):
-    config: CLIPConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
+class CLIPVisionModelWithProjectionModule(Configured):
     @nn.compact
     def __call__(self, pixel_values, deterministic: bool = True, output_attentions: bool = False,
                  output_hidden_states: bool = False, interpolate_pos_encoding: bool = False):
@@ -158,13 +138,10 @@ class CLIPVisionModelWithProjectionModule(nn.Module):
         return O.CLIPVisionModelOutput(embeds, v.last_hidden_state, v.hidden_states, v.attentions)
 
 
-class CLIPForImageClassificationModule(nn.Module):
+class CLIPForImageClassificationModule(Configured):
     """Mean of the patch tokens (ViT: ``last_hidden_state[:, 1:]``; ResNet: over H, W) -> ``classifier``."""
 
-    config: CLIPConfig
     num_labels: int = 2
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, pixel_values, labels=None, deterministic: bool = True, output_attentions: bool = False,

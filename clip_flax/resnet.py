@@ -10,11 +10,10 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
-from clip_core.config import CLIPResNetVisionConfig
 from clip_core.outputs import BaseModelOutputWithPooling
 from clip_core.schema import resnet_blocks
 
-from .layers import Dtype, dense
+from .layers import Configured, Dtype, dense
 
 
 class Conv(nn.Module):
@@ -137,16 +136,12 @@ class _Stage(nn.Module):
         return x
 
 
-class ModifiedResNet(nn.Module):
+class ModifiedResNet(Configured):
     """Stem (3 convs, AvgPool 2) -> 4 stages -> attention pool.
 
     ``last_hidden_state`` is the last stage's map NCHW; ``hidden_states`` = (stem output,
     stage1..stage4 outputs), NCHW; ``pooler_output`` the attention-pool output; no attentions.
     """
-
-    config: CLIPResNetVisionConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, pixel_values, deterministic: bool = True, output_attentions: bool = False,

@@ -9,7 +9,7 @@ import flax.linen as nn
 from clip_core.config import CLIPTextConfig
 from clip_core.outputs import BaseModelOutputWithPooling
 
-from .layers import CLIPEncoder, Dtype, layer_norm
+from .layers import CLIPEncoder, Configured, layer_norm
 
 
 def text_attention_mask(attention_mask: Optional[jnp.ndarray], t: int) -> jnp.ndarray:
@@ -27,10 +27,8 @@ def eot_positions(input_ids: jnp.ndarray, config: CLIPTextConfig) -> jnp.ndarray
     return jnp.argmax((input_ids == config.eos_token_id).astype(jnp.int32), axis=-1)
 
 
-class CLIPTextEmbeddings(nn.Module):
-    config: CLIPTextConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+class CLIPTextEmbeddings(Configured):
+    """Token + position embeddings; ``config`` is the ``CLIPTextConfig``."""
 
     @nn.compact
     def __call__(self, input_ids, position_ids):
@@ -42,12 +40,8 @@ class CLIPTextEmbeddings(nn.Module):
         return tok + pos  # (B, T, D)
 
 
-class CLIPTextTransformer(nn.Module):
+class CLIPTextTransformer(Configured):
     """Returns ``BaseModelOutputWithPooling``: final-layer-normed states and the EOT-pooled state."""
-
-    config: CLIPTextConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True,

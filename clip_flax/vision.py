@@ -8,11 +8,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import flax.linen as nn
 
-from clip_core.config import CLIPVisionConfig
 from clip_core.interpolate import bicubic_matrix
 from clip_core.outputs import BaseModelOutputWithPooling
 
-from .layers import CLIPEncoder, Dtype, layer_norm
+from .layers import CLIPEncoder, Configured, Dtype, layer_norm
 
 
 class PatchEmbedding(nn.Module):
@@ -35,10 +34,8 @@ class PatchEmbedding(nn.Module):
         return x @ kernel.astype(self.dtype).reshape(p * p * c, d)  # (B, N, D)
 
 
-class CLIPVisionEmbeddings(nn.Module):
-    config: CLIPVisionConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
+class CLIPVisionEmbeddings(Configured):
+    """Class token + patch embedding + positions; ``config`` is the ``CLIPVisionConfig``."""
 
     @nn.compact
     def __call__(self, pixel_values, interpolate_pos_encoding: bool = False):
@@ -69,12 +66,8 @@ class CLIPVisionEmbeddings(nn.Module):
         return jnp.concatenate([pos[:1], grid.astype(pos.dtype)], axis=0)
 
 
-class CLIPVisionTransformer(nn.Module):
+class CLIPVisionTransformer(Configured):
     """``last_hidden_state`` = encoder output; ``pooler_output`` = post_layernorm(class token)."""
-
-    config: CLIPVisionConfig
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, pixel_values, deterministic: bool = True, output_attentions: bool = False,

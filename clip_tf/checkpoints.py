@@ -1,9 +1,5 @@
-"""Checkpoint reading/writing for clip_tf through ``conversion`` (no porting code of our own).
-
-``conversion.load_checkpoint`` / ``save_checkpoint`` check tensors against the whole CLIP model;
-tower-only and classification checkpoints (as ``CLIPTextModel.save_pretrained`` writes them) go
-through conversion's file readers/writers directly and are checked strictly by the schema here.
-"""
+"""Checkpoint reading/writing for clip_tf through ``conversion`` (no porting code of our own):
+whole or part-only checkpoints (as ``CLIPTextModel.save_pretrained`` writes them) in any format."""
 from __future__ import annotations
 
 import os
@@ -13,7 +9,7 @@ from typing import Mapping, Optional, Union
 import numpy as np
 
 from clip_core.config import CLIPConfig
-from clip_core.schema import WeightMismatchError, schema
+from clip_core.schema import schema
 
 __all__ = ["read_checkpoint", "write_checkpoint", "select_part"]
 
@@ -30,41 +26,18 @@ def select_part(weights: Mapping[str, np.ndarray], config: CLIPConfig, part: str
 
 
 def read_checkpoint(path: PathLike, part: str) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
-    """``(config, canonical weights)`` of any format; part-only HF checkpoints for tower classes."""
+    """``(config, canonical weights)``: a whole CLIP checkpoint or one holding exactly ``part``."""
     import conversion
 
-    try:
-        return conversion.load_checkpoint(path)
-    except WeightMismatchError:
-        if part == "model":
-            raise
-    from conversion.detect import sniff, weights_file
-    from conversion.hf import drop_legacy, read_sharded, read_tensor_file
-
-    path = Path(path)
-    file = weights_file(path) if path.is_dir() else path
-    kind = sniff(file)
-    if kind not in ("zip", "safetensors", "index"):
-        raise ValueError(f"{file}: a part-only checkpoint must be safetensors, sharded or pytorch_model.bin")
-    _, tensors = read_sharded(file) if kind == "index" else read_tensor_file(file)
-    return CLIPConfig.from_pretrained(file.parent), drop_legacy(dict(tensors))
+    return conversion.load_for_part(path, part)
 
 
 def write_checkpoint(directory: PathLike, config: CLIPConfig, weights: Mapping[str, np.ndarray], part: str,
                      format: str = "canonical", dtype: Optional[str] = None) -> Path:
-    """Write ``weights`` of ``part`` in ``format`` (a tower / classifier only as the canonical directory)."""
+    """Write ``weights`` of ``part`` in ``format`` (a tower / classifier: canonical, hf or flax)."""
     import conversion
 
-    if part == "model":
-        return Path(conversion.save_checkpoint(directory, config, weights, format=format, dtype=dtype))
-    if format not in ("canonical", "hf"):
+    if part != "model" and format not in ("canonical", "hf", "flax"):
         raise NotImplementedError(f"only a whole CLIPModel can be written as {format!r}; "
                                   f"a {part} part is written as the canonical directory")
-    from conversion.hf import write_extras
-    from conversion.safetensors_io import write_safetensors
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    write_safetensors(directory / "model.safetensors", weights, metadata={"format": "pt"}, dtype=dtype)
-    write_extras(directory, config)
-    return directory
+    return Path(conversion.save_checkpoint(directory, config, weights, format=format, dtype=dtype, part=part))

@@ -38,7 +38,7 @@ class LayerNorm(nn.LayerNorm):
 def onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the oneDNN inference kernels apply: enabled, no autograd, fp32 input and weight on CPU."""
     return (ONEDNN and not torch.is_grad_enabled() and x.device.type == "cpu"
-            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and x.dtype == torch.float32 and weight.dtype == torch.float32 and weight.is_contiguous()
             and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and not _is_compiling())
 
 

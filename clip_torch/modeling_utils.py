@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from clip_core.config import CLIPConfig, as_clip_config
-from clip_core.schema import WeightMismatchError, from_backend, schema, to_backend
+from clip_core.schema import from_backend, schema, to_backend
 
 from .layers import CLIPAttention, CLIPEncoder, check_attn_implementation
 
@@ -125,12 +125,7 @@ class CLIPPreTrainedModel(nn.Module):
             dtype = kwargs.pop("torch_dtype")
         if kwargs:
             raise TypeError(f"unexpected arguments to from_pretrained: {sorted(kwargs)}")
-        try:
-            cfg, weights = conversion.load_checkpoint(path, config=config)
-        except WeightMismatchError:
-            if cls.part == "model":
-                raise
-            cfg, weights = _read_part(Path(path), config)  # a tower-only / classification checkpoint
+        cfg, weights = conversion.load_for_part(path, cls.part, config)
         return cls.from_canonical(cfg, weights, attn_implementation=attn_implementation, dtype=dtype,
                                   device=device, source=str(path))
 
@@ -176,11 +171,7 @@ class CLIPPreTrainedModel(nn.Module):
         """Write the canonical directory (``config.json`` + ``model.safetensors`` [+ tokenizer files])."""
         import conversion
 
-        config, weights = self._config_to_save(), self.canonical_weights()
-        if self.part == "model":
-            conversion.save_checkpoint(directory, config, weights, format="canonical")
-        else:
-            _save_part(Path(directory), config, weights)
+        conversion.save_checkpoint(directory, self._config_to_save(), self.canonical_weights(), part=self.part)
         return Path(directory)
 
     # -------------------------------------------------------------------------------- switches
@@ -201,31 +192,3 @@ class CLIPPreTrainedModel(nn.Module):
         for m in self.modules():
             if isinstance(m, CLIPEncoder):
                 m.gradient_checkpointing = False
-
-
-def _read_part(path: Path, config: Optional[CLIPConfig]) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
-    """Read a Hugging Face-named checkpoint holding only one part (``CLIPTextModel``,
-    ``CLIPForImageClassification`` ...). Workaround: ``conversion.load_checkpoint`` checks the
-    tensors against the whole model; the part is checked strictly by ``load_canonical`` instead."""
-    from conversion.detect import sniff, weights_file
-    from conversion.hf import drop_legacy, read_sharded, read_tensor_file
-
-    file = weights_file(path) if path.is_dir() else path
-    kind = sniff(file)
-    if kind not in ("zip", "safetensors", "index"):
-        raise ValueError(f"{file}: a part-only checkpoint must be safetensors / pytorch_model.bin")
-    _, tensors = read_sharded(file) if kind == "index" else read_tensor_file(file)
-    config = config or CLIPConfig.from_pretrained(file.parent)
-    return config, drop_legacy(dict(tensors))
-
-
-def _save_part(directory: Path, config: CLIPConfig, weights: Mapping[str, np.ndarray]) -> None:
-    """Write a tower-only / classification canonical directory (the part's names only, as HF's
-    ``CLIPTextModel.save_pretrained`` does). Workaround: ``conversion.save_checkpoint`` checks
-    the weights against the whole-model part, so the two file writers are called directly."""
-    from conversion.hf import write_extras
-    from conversion.safetensors_io import write_safetensors
-
-    directory.mkdir(parents=True, exist_ok=True)
-    write_safetensors(directory / "model.safetensors", weights, metadata={"format": "pt"})
-    write_extras(directory, config)

@@ -15,7 +15,7 @@ from typing import Callable, Mapping, Optional, Union
 import numpy as np
 
 from clip_core.config import CLIPConfig
-from clip_core.schema import check_weights
+from clip_core.schema import WeightMismatchError, check_weights
 
 from . import open_clip as oc
 from .detect import sniff, weights_file
@@ -28,7 +28,7 @@ from .safetensors_io import write_safetensors
 from .tensors import OUTPUT_DTYPES
 from .torch_zip import read_extra_record, write_torch_zip
 
-__all__ = ["FORMATS", "Checkpoint", "read", "load_checkpoint", "save_checkpoint", "default_format"]
+__all__ = ["FORMATS", "Checkpoint", "read", "load_checkpoint", "load_for_part", "save_checkpoint", "default_format"]
 
 PathLike = Union[str, os.PathLike]
 FORMATS = ("canonical", "hf", "openai", "open_clip", "tf", "flax")
@@ -133,6 +133,19 @@ def load_checkpoint(path: PathLike, config: Optional[CLIPConfig] = None, *, arch
     ckpt = read(path, config, arch, part)
     return ckpt.config, {k: v if v.flags.c_contiguous else np.ascontiguousarray(v)
                          for k, v in ckpt.weights.items()}
+
+
+def load_for_part(path: PathLike, part: str, config: Optional[CLIPConfig] = None
+                  ) -> tuple[CLIPConfig, dict[str, np.ndarray]]:
+    """What a model class holding ``part`` loads: a whole CLIP checkpoint (every tensor is returned;
+    the caller keeps its part's), or else one holding exactly ``part`` (as ``CLIPTextModel`` /
+    ``CLIPForImageClassification`` save them). The whole-model error is raised for ``part="model"``."""
+    try:
+        return load_checkpoint(path, config)
+    except WeightMismatchError:
+        if part == "model":
+            raise
+    return load_checkpoint(path, config, part=part)
 
 
 # ----------------------------------------------------------------------------- writing

@@ -327,6 +327,19 @@ def test_tower_and_classification_parts(tmp_path, part, fmt):
         conversion.save_checkpoint(tmp_path / "p.pt", config, weights, format="openai", part=part)
 
 
+def test_load_for_part_takes_a_whole_model_or_exactly_the_part(tmp_path):
+    config = openai_tiny("vit")
+    whole, text = random_weights(config, seed=2), random_weights(config, "text", seed=3)
+    conversion.save_checkpoint(tmp_path / "whole", config, whole)
+    conversion.save_checkpoint(tmp_path / "text", config, text, part="text")
+    assert_same(conversion.load_for_part(tmp_path / "whole", "text")[1], whole)  # every tensor; caller selects
+    assert_same(conversion.load_for_part(tmp_path / "text", "text")[1], text)
+    with pytest.raises(WeightMismatchError, match="missing"):  # a whole model wanted: the part is not enough
+        conversion.load_for_part(tmp_path / "text", "model")
+    with pytest.raises(WeightMismatchError, match="missing"):  # a text tower is not a vision tower
+        conversion.load_for_part(tmp_path / "text", "vision")
+
+
 @pytest.mark.parametrize("arch", ["vit", "resnet"])
 def test_openai_hyperparameters_inferred_from_shapes(tmp_path, arch):
     """A plain torch.save'd OpenAI state dict: every hyperparameter comes from names and shapes."""
