@@ -23,7 +23,6 @@ from . import modules as M
 from .text_speed import trim_text_inputs
 
 PathLike = Union[str, os.PathLike]
-MSGPACK_NAME = "flax_model.msgpack"
 
 
 def flatten(tree: dict) -> dict[str, Any]:
@@ -168,29 +167,12 @@ class FlaxCLIPPreTrainedModel:
         return directory
 
     def save_msgpack(self, directory: PathLike) -> Path:
-        """``config.json`` + ``flax_model.msgpack`` loadable by transformers' ``FlaxCLIPModel``.
-
-        Whole models go through ``conversion.save_checkpoint(format="flax")``; tower-only models
-        serialize their own params with ``flax.serialization`` (HF Flax layout: the params dict,
-        or ``{"params", "batch_stats"}`` when there are BatchNorm statistics).
-        """
+        """``config.json`` + ``flax_model.msgpack`` loadable by transformers' ``FlaxCLIPModel`` (or the
+        tower / classification class of this model's part), written by ``conversion``."""
         import conversion
-        from flax.serialization import msgpack_serialize
 
-        from clip_core.io import atomic_write_bytes
-
-        directory = Path(directory)
-        if self.part == "model" and hasattr(conversion, "save_checkpoint"):
-            conversion.save_checkpoint(directory, self.config, self.canonical_weights(), format="flax")
-            return directory
-        directory.mkdir(parents=True, exist_ok=True)
-        state = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), self.params)
-        if self.batch_stats:  # ResNet: HF's convention for models with BatchNorm
-            state = {"params": state,
-                     "batch_stats": jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), self.batch_stats)}
-        atomic_write_bytes(directory / MSGPACK_NAME, msgpack_serialize(state))
-        self.config.save_pretrained(directory)
-        return directory
+        conversion.save_checkpoint(directory, self.config, self.canonical_weights(), format="flax", part=self.part)
+        return Path(directory)
 
     def num_parameters(self) -> int:
         return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(self.params)))

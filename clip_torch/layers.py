@@ -5,6 +5,7 @@ LayerNorm eps from the config, additive attention masks with the dtype's minimum
 """
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional
 
@@ -35,11 +36,18 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
 
 
+@functools.lru_cache(maxsize=1)
+def _onednn_built() -> bool:
+    """This torch has oneDNN and the fused ops the inference kernels call (torch >= 2.0 on x86 / arm64)."""
+    ops = ("_linear_pointwise", "_convolution_pointwise")
+    return torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in ops)
+
+
 def onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the oneDNN inference kernels apply: enabled, no autograd, fp32 input and weight on CPU."""
     return (ONEDNN and not torch.is_grad_enabled() and x.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32 and weight.is_contiguous()
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled and not _is_compiling())
+            and torch.backends.mkldnn.enabled and _onednn_built() and not _is_compiling())
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
