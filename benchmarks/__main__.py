@@ -14,11 +14,15 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
 from .common import RESULTS, environment, matmul_gflops
+from .model_inputs import CACHE_ENV
 
 # name: (module, frameworks it needs — skipped when none is installed)
 SUITE = {
@@ -45,6 +49,28 @@ def _result_path(name: str, quick: bool):
     return RESULTS / (f"{name}_quick.json" if quick else f"{name}.json")
 
 
+def _run_one(name: str, args: argparse.Namespace, summary: dict, failed: list[str], env: dict) -> None:
+    """Run benchmark ``name`` in its own subprocess (or reuse its result) and record it in ``summary``."""
+    module, needs = SUITE[name]
+    if not _available(module, needs):
+        summary["runs"][name] = {"status": "skipped", "reason": f"{module} or {needs} not installed"}
+        return
+    result = _result_path(name, args.quick)
+    if args.reuse and result.exists():
+        summary["runs"][name] = {"status": "reused", "result": json.loads(result.read_text())}
+        return
+    start = time.perf_counter()
+    cmd = [sys.executable, "-m", module] + (["--quick"] if args.quick else [])
+    print(f"== {name}: {' '.join(cmd)}", flush=True)
+    proc = subprocess.run(cmd, env=env)
+    summary["runs"][name] = {"status": "ok" if proc.returncode == 0 else f"exit {proc.returncode}",
+                             "seconds": round(time.perf_counter() - start, 1)}
+    if proc.returncode == 0 and result.exists():
+        summary["runs"][name]["result"] = json.loads(result.read_text())
+    elif proc.returncode != 0:
+        failed.append(name)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and few repeats (< 5 minutes)")
@@ -59,27 +85,13 @@ def main(argv=None) -> int:
         parser.error(f"unknown benchmark(s) {unknown}; choose from {list(SUITE)}")
     summary = {"quick": args.quick, "environment": environment(), "matmul_gflops": matmul_gflops(),
                "runs": {}}
-    failed = []
-    for name in names:
-        module, needs = SUITE[name]
-        if not _available(module, needs):
-            summary["runs"][name] = {"status": "skipped", "reason": f"{module} or {needs} not installed"}
-            continue
-        result = _result_path(name, args.quick)
-        if args.reuse and result.exists():
-            summary["runs"][name] = {"status": "reused", "result": json.loads(result.read_text())}
-            continue
-        start = time.perf_counter()
-        cmd = [sys.executable, "-m", module] + (["--quick"] if args.quick else [])
-        print(f"== {name}: {' '.join(cmd)}", flush=True)
-        proc = subprocess.run(cmd)
-        status = "ok" if proc.returncode == 0 else f"exit {proc.returncode}"
-        summary["runs"][name] = {"status": status, "seconds": round(time.perf_counter() - start, 1)}
-        result = _result_path(name, args.quick)
-        if proc.returncode == 0 and result.exists():
-            summary["runs"][name]["result"] = json.loads(result.read_text())
-        elif proc.returncode != 0:
-            failed.append(name)
+    failed: list[str] = []
+    cache = tempfile.mkdtemp(prefix="clip_zoo_bench.")  # random checkpoints shared by the benchmarks
+    try:
+        for name in names:
+            _run_one(name, args, summary, failed, dict(os.environ, **{CACHE_ENV: cache}))
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     summary_path = RESULTS / ("all_quick.json" if args.quick else "all.json")
     if args.only and summary_path.exists():  # a subset run updates its entries, keeps the others

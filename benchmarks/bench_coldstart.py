@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from .common import write_result
+from .model_inputs import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
@@ -141,12 +142,8 @@ def make_inputs(workdir: Path, names: list[str]) -> tuple[Path, Path]:
     from PIL import Image
 
     import conversion
-    from clip_core.presets import get_config
-    from clip_core.testing import random_weights
 
-    config = get_config("ViT-B/32")
-    weights = random_weights(config, seed=0)
-    ckpt = conversion.save_canonical(workdir / "ckpt", config, weights)
+    config, weights, ckpt = checkpoint("ViT-B/32", workdir)
     formats = {"hf_tf": "tf", "hf_flax": "flax", "open_clip": "open_clip", "openai_clip": "openai"}
     for name in names:
         if name in formats:
