@@ -34,10 +34,8 @@ def read_checkpoint(path: PathLike, part: str) -> tuple[CLIPConfig, dict[str, np
 
 def write_checkpoint(directory: PathLike, config: CLIPConfig, weights: Mapping[str, np.ndarray], part: str,
                      format: str = "canonical", dtype: Optional[str] = None) -> Path:
-    """Write ``weights`` of ``part`` in ``format`` (a tower / classifier: canonical, hf or flax)."""
+    """Write ``weights`` of ``part`` in ``format``; a tower / classifier only as canonical, hf or flax
+    (``conversion.ConversionError`` otherwise)."""
     import conversion
 
-    if part != "model" and format not in ("canonical", "hf", "flax"):
-        raise NotImplementedError(f"only a whole CLIPModel can be written as {format!r}; "
-                                  f"a {part} part is written as the canonical directory")
     return Path(conversion.save_checkpoint(directory, config, weights, format=format, dtype=dtype, part=part))

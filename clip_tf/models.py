@@ -119,7 +119,8 @@ class CLIPPreTrainedModel(keras.Model):
 
     def save_pretrained(self, directory: Union[str, os.PathLike], format: str = "canonical", dtype=None):
         """Write the canonical directory (or a ``conversion`` format: ``"tf"`` = ``tf_model.h5``, ``"openai"``,
-        ``"open_clip"``, ``"flax"``; towers only as canonical). ``dtype``: None, "fp16" or "bf16"."""
+        ``"open_clip"``, ``"flax"``; towers and the classifier as canonical, hf or flax). ``dtype``: None,
+        "fp16" or "bf16"."""
         config = with_labels(self.config, self.num_labels) if self.num_labels else self.config
         return write_checkpoint(directory, config, self.canonical_weights(), self.part, format, dtype)
 
