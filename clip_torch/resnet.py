@@ -39,18 +39,20 @@ class FoldedConvs:
         self._key: Optional[tuple] = None
         self._folded: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _get(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def refresh(self) -> "FoldedConvs":
+        """Re-fold if any conv / BatchNorm tensor changed since the last call; once per forward."""
         tensors = [t for c, b in self.pairs.values() for t in (c.weight, b.weight, b.bias, b.running_mean, b.running_var)]
         key = tuple((t.data_ptr(), _version(t)) for t in tensors)
         if key != self._key:
             self._folded = {n: fold_batch_norm(c, b) for n, (c, b) in self.pairs.items()}
             self._key = key
-        return self._folded[name]
+        return self
 
     def conv(self, name: str, x: torch.Tensor, relu: bool = True, add: Optional[torch.Tensor] = None
              ) -> torch.Tensor:
-        """``relu(bn(conv(x)) [+ add])`` (no relu if ``relu`` is False and ``add`` is None)."""
-        weight, bias = self._get(name)
+        """``relu(bn(conv(x)) [+ add])`` (no relu if ``relu`` is False and ``add`` is None), with the
+        weights folded by the last :meth:`refresh`."""
+        weight, bias = self._folded[name]
         conv = self.pairs[name][0]
         geometry = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups)
         if add is not None:
@@ -116,7 +118,7 @@ class Bottleneck(nn.Module):
 
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
         """The same block as three (four) fused oneDNN convolutions, channels-last."""
-        f = self._folded
+        f = self._folded.refresh()
         y = self.avgpool(f.conv("2", f.conv("1", x)))
         identity = x if self.downsample is None else f.conv("down", self.downsample[0](x), relu=False)
         return f.conv("3", y, add=identity)
@@ -181,8 +183,9 @@ class ModifiedResNet(nn.Module):
 
     def stem(self, x: torch.Tensor) -> torch.Tensor:
         if fast_path(self, x, self.conv1.weight):
+            f = self._folded.refresh()
             x = x.contiguous(memory_format=CHANNELS_LAST)
-            return self.avgpool(self._folded.conv("3", self._folded.conv("2", self._folded.conv("1", x))))
+            return self.avgpool(f.conv("3", f.conv("2", f.conv("1", x))))
         x = F.relu(self.bn1(self.conv1(x)))
         x = F.relu(self.bn2(self.conv2(x)))
         x = F.relu(self.bn3(self.conv3(x)))
