@@ -125,8 +125,9 @@ def build_hf_backend(vocab: Vocab, merges: Merges, pad_token: str = EOS):
         pre_tokenizers.Split(Regex(HF_SPLIT_PATTERN), behavior="removed", invert=True),
         pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
-    tok.post_processor = processors.RobertaProcessing(sep=(EOS, vocab[EOS]), cls=(BOS, vocab[BOS]),
-                                                      add_prefix_space=False, trim_offsets=False)
+    # Positional on purpose: tokenizers 0.23 renamed the keyword ``cls`` to ``cls_token``; the order
+    # (sep, cls, trim_offsets, add_prefix_space) is the same in every version the bounds allow.
+    tok.post_processor = processors.RobertaProcessing((EOS, vocab[EOS]), (BOS, vocab[BOS]), False, False)
     if pad_token not in (BOS, EOS):  # transformers registers any other pad token as a special token
         tok.add_special_tokens([AddedToken(pad_token, special=True, normalized=False)])
     tok.add_special_tokens([AddedToken(t, special=True, normalized=True) for t in (BOS, EOS)])

@@ -14,6 +14,7 @@ from typing import Callable, Mapping, Optional, Union
 
 import numpy as np
 
+from clip_core.default_model import resolve_checkpoint
 from clip_core.config import CLIPConfig
 from clip_core.schema import WeightMismatchError, check_weights
 
@@ -91,9 +92,7 @@ def read(path: PathLike, config: Optional[CLIPConfig] = None, arch: Optional[str
     ``part`` (``model``, ``text``, ``vision_with_projection``, ``classification`` ...) is what the
     tensors are checked against; OpenAI and open_clip checkpoints are always whole models.
     """
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"no checkpoint at {path}")
+    path = resolve_checkpoint(path)  # a path as is; "default" / cached OpenAI names; else a clear error
     file = weights_file(path) if path.is_dir() else path
     directory, kind = file.parent, sniff(file)
     if kind in ("hdf5", "msgpack"):

@@ -18,7 +18,7 @@ from clip_core.config import CLIPConfig
 from clip_core.io import atomic_open
 from clip_core.schema import from_backend, to_backend
 
-from .errors import ConversionError
+from .errors import ConversionError, optional_import
 from .tensors import as_bytes, cast, dtype_name, np_dtype
 
 __all__ = ["WEIGHTS_NAME", "read_flax_msgpack", "write_flax_msgpack", "is_msgpack_map"]
@@ -60,6 +60,7 @@ def _flatten(tree: Any, prefix: str, out: dict, path) -> None:
 def read_flax_msgpack(path, config: CLIPConfig, part: str = "model",
                       num_labels: Optional[int] = None) -> dict[str, np.ndarray]:
     """Canonical weights from a flax-serialized parameter tree."""
+    optional_import("msgpack", f"reading {path} (Flax msgpack weights)")
     import msgpack
 
     with open(path, "rb") as fh:
@@ -112,6 +113,7 @@ def write_flax_msgpack(path, config: CLIPConfig, weights: Mapping[str, np.ndarra
                        progress: Optional[Callable[[str], None]] = None, part: str = "model",
                        num_labels: Optional[int] = None) -> None:
     """Write ``weights`` (canonical) as a ``flax_model.msgpack`` that ``FlaxCLIPModel.from_pretrained`` reads."""
+    optional_import("msgpack", f"writing {path} (Flax msgpack weights)")
     import msgpack
 
     tree = _nest(to_backend(weights, config, "flax", part, num_labels))

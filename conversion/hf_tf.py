@@ -20,7 +20,7 @@ import numpy as np
 from clip_core.config import CLIPConfig
 from clip_core.schema import from_backend, to_backend
 
-from .errors import ConversionError
+from .errors import ConversionError, optional_import
 from .tensors import cast
 
 __all__ = ["HDF5_MAGIC", "WEIGHTS_NAME", "read_tf_h5", "write_tf_h5"]
@@ -35,7 +35,7 @@ _STRIP = re.compile(r"^(?:[^/]+/)?clip/|:0$")
 def read_tf_h5(path, config: CLIPConfig, part: str = "model",
                num_labels: Optional[int] = None) -> dict[str, np.ndarray]:
     """Canonical weights from a Hugging Face ``tf_model.h5``."""
-    import h5py
+    h5py = optional_import("h5py", f"reading {path} (TF .h5 weights)")
 
     params: dict[str, np.ndarray] = {}
     try:
@@ -63,7 +63,7 @@ def write_tf_h5(path, config: CLIPConfig, weights: Mapping[str, np.ndarray], dty
                 progress: Optional[Callable[[str], None]] = None, part: str = "model",
                 num_labels: Optional[int] = None) -> None:
     """Write ``weights`` (canonical) as a ``tf_model.h5`` that ``TFCLIPModel.from_pretrained`` reads."""
-    import h5py
+    h5py = optional_import("h5py", f"writing {path} (TF .h5 weights)")
 
     params = to_backend(weights, config, "tf", part, num_labels)
     names = [f"{_PREFIX}{p}:0" for p in params]
