@@ -8,6 +8,9 @@ and its plots (``python -m benchmarks.report`` does only that last step).
 ``--quick`` keeps its output apart so it never replaces a full run's figures: each benchmark writes
 ``results/<name>_quick.json``, the summary is ``results/all_quick.json`` and the report goes to
 ``results/quick/performance.md`` (all git-ignored). CI runs ``--quick`` once to prove the command works.
+
+The plots need matplotlib, the ``bench`` extra (``pip install 'clip-zoo[bench]'``): without it the
+command stops with a one-line error before running anything (``--no-report`` needs no matplotlib).
 """
 from __future__ import annotations
 
@@ -79,6 +82,13 @@ def main(argv=None) -> int:
     parser.add_argument("--reuse", action="store_true",
                         help="reuse each benchmark's existing results/<name>.json instead of running it again")
     args = parser.parse_args(argv)
+    if not args.no_report:  # the report's plots need matplotlib: say so before running anything
+        from .report import missing_matplotlib
+
+        error = missing_matplotlib(parser.prog)
+        if error:
+            print(error, file=sys.stderr)
+            return 2
     names = [n for n in (args.only.split(",") if args.only else SUITE) if n]
     unknown = [n for n in names if n not in SUITE]
     if unknown:

@@ -32,7 +32,7 @@ _PHRASES = [
     "climbing the hill behind them.", "In the foreground", "a rusty anchor lies half buried",
     "among seaweed and shells", "shot on 35mm film", "with a slight grain", "and warm faded colours",
 ]
-AGREEMENT_BOUND = 1e-5  # DESIGN §5: normalized embeddings of every pair of implementations
+AGREEMENT_BOUND = 1e-5  # fp32 parity bound (docs/parity.md): normalized embeddings of every pair of implementations
 CAPTION_TOKENS = (50, 70)  # inclusive range of BPE tokens per long caption (with start and end tokens)
 
 

@@ -1,9 +1,11 @@
 """`python -m benchmarks.report [all.json]`: docs/performance.md and PNG plots from the JSON.
 
 Every number in the report comes from ``benchmarks/results/all.json``; nothing is hand-typed.
-:data:`TARGETS` reads each issue's target figure from its benchmark's result; each becomes a met /
-not met line. Every ``{"median", "min", "max"}`` timing found in a result is
-tabulated and plotted.
+:data:`TARGETS` reads each target figure from its benchmark's result; each becomes a met /
+not met line. Every ``{"median", "min", "max"}`` timing found in a result (always in seconds) is
+tabulated and plotted, in milliseconds, or in seconds for a table whose slowest median is
+:data:`SECONDS_FROM` seconds or more (the column headers name the unit). A table with no rows is
+never written: a section with nothing to tabulate says why in one line.
 """
 from __future__ import annotations
 
@@ -15,6 +17,15 @@ from typing import Any, Iterator
 from .common import RESULTS
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+def missing_matplotlib(prog: str) -> str | None:
+    """The one-line error for ``prog`` when matplotlib (the ``bench`` extra) cannot be imported, else None."""
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        return f"{prog}: error: the plots need matplotlib, install it with: pip install 'clip-zoo[bench]'"
+    return None
 
 
 def _timings(node: Any, prefix: str = "") -> Iterator[tuple[str, dict]]:
@@ -30,7 +41,7 @@ def _timings(node: Any, prefix: str = "") -> Iterator[tuple[str, dict]]:
                 yield from _timings(value, f"{prefix}/{key}" if prefix else str(key))
 
 
-# (benchmark, what, how to read the figure from its result, op, target) — the issues' targets.
+# (benchmark, what, how to read the figure from its result, op, target) — the project's performance targets.
 TARGETS = [
     ("tokenizer", "tokenize vs OpenAI clip.tokenize", lambda r: r["ratios"]["tokenize_vs_openai"], ">=", 20.0),
     ("tokenizer", "HF-style call vs CLIPTokenizerFast", lambda r: r["ratios"]["hf_call_vs_CLIPTokenizerFast"], ">=", 1.0),
@@ -107,20 +118,51 @@ def _met(t: dict) -> bool:
     return t["value"] >= t["target"] if t.get("op", ">=") == ">=" else t["value"] <= t["target"]
 
 
+# A timing table switches from milliseconds to seconds when its slowest median reaches this many seconds.
+SECONDS_FROM = 10.0
+UNITS = {"ms": (1e3, "{:.2f}", "milliseconds"), "s": (1.0, "{:.3f}", "seconds")}
+
+
+def timing_unit(rows: list[tuple[str, dict]]) -> str:
+    """``"ms"`` or ``"s"``: the unit one timing table is written in (its rows' values are seconds)."""
+    return "s" if max(v["median"] for _, v in rows) >= SECONDS_FROM else "ms"
+
+
+def timing_table(rows: list[tuple[str, dict]]) -> list[str]:
+    """Markdown lines of one timing table, values converted from seconds to the unit its headers name."""
+    unit = timing_unit(rows)
+    scale, fmt, _ = UNITS[unit]
+    f = lambda x: fmt.format(x * scale)  # noqa: E731
+    return [f"| measurement | median {unit} | min–max {unit} |", "|---|---|---|"] + [
+        f"| {k} | {f(v['median'])} | {f(v['min'])}–{f(v['max'])} |" for k, v in rows]
+
+
+def _why_empty(run: dict) -> str:
+    """One line saying why a benchmark's section has no table."""
+    status = str(run.get("status", "?"))
+    if status == "skipped":
+        return f"No tables: skipped ({run.get('reason', 'not installed')})."
+    if not run.get("result"):
+        return ("No tables: the run failed and wrote no result." if status not in ("ok", "reused")
+                else "No tables: the run wrote no result.")
+    return "No tables: this result records no ratios or timings."
+
+
 def _plot(name: str, rows: list[tuple[str, dict]], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    scale, _, unit_name = UNITS[timing_unit(rows)]
     labels = [r[0] for r in rows]
-    med = [r[1]["median"] * 1e3 for r in rows]
-    err = [[m - r[1]["min"] * 1e3 for m, r in zip(med, rows)], [r[1]["max"] * 1e3 - m for m, r in zip(med, rows)]]
+    med = [r[1]["median"] * scale for r in rows]
+    err = [[m - r[1]["min"] * scale for m, r in zip(med, rows)], [r[1]["max"] * scale - m for m, r in zip(med, rows)]]
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(rows) + 1.2))
     ax.barh(range(len(rows)), med, xerr=err, color="#4c72b0", ecolor="#333333", capsize=3)
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlabel("milliseconds (median, min-max)")
+    ax.set_xlabel(f"{unit_name} (median, min-max)")
     ax.set_title(f"{name}")
     fig.tight_layout()
     fig.savefig(out, dpi=90)
@@ -144,27 +186,33 @@ def generate(path: Path = RESULTS / "all.json", docs: Path = DOCS) -> Path:
              f"- plain fp32 matmul (numpy, 2048³): {data['matmul_gflops']:.0f} GFLOP/s",
              "- versions: " + ", ".join(f"{k} {v}" for k, v in env["versions"].items()), ""]
     targets = list(_targets(data["runs"]))
-    lines += ["## Targets", "", "| benchmark | what | measured | target | verdict |", "|---|---|---|---|---|"]
+    lines += ["## Targets", ""]
+    if targets:
+        lines += ["| benchmark | what | measured | target | verdict |", "|---|---|---|---|---|"]
+    else:
+        lines.append("No targets: none of the benchmarks that define one has a result in this run.")
     for name, t in targets:
         unit = t.get("unit", "×")
         lines.append(f"| {name} | {t['name']} | {t['value']:.2f}{unit} | {t['op']} {t['target']}{unit} | "
                      f"{'met' if _met(t) else '**not met**'} |")
-    if not targets:
-        lines.append("| – | no targets recorded | | | |")
     lines.append("")
     for name, run in data["runs"].items():
         when = ((run.get("result") or {}).get("environment") or {}).get("time", "?")
         lines += [f"## {name}", "", f"status: {run['status']}" + (f", {run['seconds']} s" if "seconds" in run else "")
                   + f"; measured {when}", ""]
-        ratios = list(_ratios(run.get("result") or {}))
+        result = run.get("result") or {}
+        ratios = list(_ratios(result))
+        rows = list(_timings(result))
+        if not ratios and not rows:
+            lines += [_why_empty(run), ""]
         if ratios:
+            meaning = result.get("ratio_meaning")
+            lines += [f"Ratios here: {meaning}.", ""] if isinstance(meaning, str) else []
             lines += ["| ratio (speed-up of ours unless named otherwise) | value |", "|---|---|"]
             lines += [f"| {k} | {v:.3g} |" for k, v in ratios]
             lines.append("")
-        rows = list(_timings(run.get("result") or {}))
         if rows:
-            lines += ["| measurement | median ms | min–max ms |", "|---|---|---|"]
-            lines += [f"| {k} | {v['median'] * 1e3:.2f} | {v['min'] * 1e3:.2f}–{v['max'] * 1e3:.2f} |" for k, v in rows]
+            lines += timing_table(rows)
             png = docs / f"perf_{name}.png"
             _plot(name, rows, png)
             lines += ["", f"![{name}]({png.name})", ""]
@@ -174,4 +222,7 @@ def generate(path: Path = RESULTS / "all.json", docs: Path = DOCS) -> Path:
 
 
 if __name__ == "__main__":
+    error = missing_matplotlib("python -m benchmarks.report")
+    if error:
+        sys.exit(error)
     print(generate(Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS / "all.json"))

@@ -1,6 +1,6 @@
 """CLIP image preprocessing that reproduces OpenAI's and Hugging Face's pipelines exactly.
 
-Two modes (DESIGN §4):
+Two modes, each reproducing its reference to <=1e-6 max abs (docs/preprocessing.md):
 
 - ``"openai"``: OpenAI ``clip.clip._transform(n_px)`` = torchvision ``Resize(n_px, BICUBIC)`` on the
   PIL image in its own mode, ``CenterCrop`` (offset ``int(round((h - th) / 2))``, zero padding when

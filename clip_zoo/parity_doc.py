@@ -129,7 +129,7 @@ def render(reports: Mapping[str, Any], results: Mapping[str, Any]) -> str:
             "Bounds (max abs; `other` is relative to max(1, max abs of the reference field)):", "",
             "| dtype | normalized embeddings | logits (x100 scale) | other |", "|---|---|---|---|"]
     head += [f"| {d} | {b['embeds']:g} | {b['logits']:g} | {b['other']:g} |" for d, b in BOUNDS.items()]
-    head += ["", "fp32 bounds are DESIGN §5. fp16 / bf16 bounds are those of `clip_zoo.parity.BOUNDS`; the maxima "
+    head += ["", "fp32 bounds: every backend pair, every reference. fp16 / bf16: `clip_zoo.parity.BOUNDS`; the maxima "
              "measured below (half-precision backend vs the fp32 reference) show the margin.", ""]
     cells = results.get("cells", {})
     body = (environment_section(results.get("environment", {})) + summary_section(cells)

@@ -1,7 +1,7 @@
 """Backend-neutral test helpers: a fixed battery of inputs and field-by-field output comparison.
 
 Every backend's tests (torch, tf, flax) can import these; nothing here imports a framework.
-Bounds are DESIGN §5: <=1e-5 max abs on L2-normalized embeddings, <=1e-3 on logits (x100 scale).
+fp32 bounds (docs/parity.md): <=1e-5 max abs on L2-normalized embeddings, <=1e-3 on logits (x100 scale).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""clip_core and conversion import and work with torch, tensorflow and jax blocked (DESIGN §1)."""
+"""clip_core and conversion import and work with torch, tensorflow and jax blocked (they import no framework)."""
 from __future__ import annotations
 
 import subprocess

@@ -1,4 +1,4 @@
-"""The cross-framework parity matrix (DESIGN §5): source format x backend x architecture x reference.
+"""The cross-framework parity matrix (bounds: docs/parity.md): source format x backend x architecture x reference.
 
 Every checkpoint is built ONCE per module from the same canonical random weights
 (``clip_core.testing.random_weights``): the weights are pushed into the reference implementation
