@@ -4,7 +4,10 @@ Backends are imported lazily, only the one in use (see :mod:`clip_zoo.engines`).
 """
 from __future__ import annotations
 
-__all__ = ["main"]
+__all__ = ["main", "__version__"]
+
+#: Used by ``clip-zoo --version`` when the distribution's metadata is missing (keep in step with pyproject.toml).
+__version__ = "0.1.0"
 
 
 def main(argv=None) -> int:

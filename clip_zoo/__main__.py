@@ -1,8 +1,10 @@
 """The ``clip-zoo`` command: ``classify``, ``embed``, ``search``, ``convert``, ``parity``, ``models``, ``info``.
 
-``main(argv)`` returns the exit status. A user error (missing file, empty label list, unknown
-framework or model, unreadable checkpoint ...) is one line on stderr and a non-zero status, never a
-traceback; set ``CLIP_ZOO_DEBUG=1`` to see the traceback.
+``main(argv)`` returns the exit status. Every error (missing file, empty label list, unknown
+framework or model, unreadable checkpoint, missing framework ...) is one line on stderr,
+``clip-zoo: error: <what>, <what to do>``, and a non-zero status, never a traceback; set
+``CLIP_ZOO_DEBUG=1`` to see the traceback. The frameworks' own log lines and warnings are hidden
+unless ``--verbose`` is given (before or after COMMAND); see :mod:`clip_zoo.console`.
 """
 from __future__ import annotations
 
@@ -11,17 +13,42 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from . import classify, embed, inspect_cmds, search
+from . import classify, console, embed, inspect_cmds, search
 from .errors import CLIZooError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "version"]
+
+VERBOSE_FLAG = "--verbose"
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with a one-line usage error (``clip-zoo classify: error: ...``), exit status 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}, see '{self.prog} --help'\n")
+
+
+def version() -> str:
+    """The installed distribution's version, else the package's ``__version__`` (a source checkout)."""
+    from importlib import metadata
+
+    try:
+        return metadata.version("clip-zoo")
+    except metadata.PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+class _VersionAction(argparse.Action):
+    """``--version``: print ``clip-zoo <version>`` and exit (the version is looked up only then)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest, nargs=0, default=default, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"clip-zoo {version()}")
+        parser.exit(0)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -36,6 +63,10 @@ def _common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="clip-zoo", description="CLIP in PyTorch, TensorFlow and Flax: "
                                      "zero-shot classification, embedding and search.")
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    parser.add_argument(VERBOSE_FLAG, action="store_true",
+                        help="show the frameworks' own log lines and warnings (hidden by default); "
+                             "may also come after COMMAND")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for module in (classify, embed, search):
@@ -58,43 +89,42 @@ def _add_parity(sub) -> None:
     p.set_defaults(run=parity.run)
 
 
-def _one_line(err: BaseException) -> str:
-    text = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
-    return text or type(err).__name__
+def _split_verbose(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without ``--verbose`` (accepted anywhere before a ``--``), and whether it was there."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    kept = [a for a in argv[:end] if a != VERBOSE_FLAG] + argv[end:]
+    return kept, len(kept) != len(argv)
 
 
-def _convert(argv: list[str]) -> int:
-    from conversion.cli import main as convert_main
+def _dispatch(argv: list[str]) -> int:
+    if argv and argv[0] == "convert":  # the conversion package's own parser, under our name
+        from conversion.cli import run as convert
 
-    return convert_main(argv)
+        return convert(argv[1:], prog="clip-zoo convert")
+    args = build_parser().parse_args(argv)
+    return args.run(args)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit status."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = bool(os.environ.get("CLIP_ZOO_DEBUG"))
-    try:
-        if argv and argv[0] == "convert":
-            return _convert(argv[1:])
-        args = build_parser().parse_args(argv)
-        return args.run(args)
-    except CLIZooError as err:
-        if debug:
-            raise
-        print(f"clip-zoo: error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # e.g. `clip-zoo models | head`: stop quietly
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return 1
-    except KeyboardInterrupt:
-        print("clip-zoo: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # a bad checkpoint, an I/O error ...: one line, no traceback
-        if debug:
-            raise
-        print(f"clip-zoo: error: {type(err).__name__}: {_one_line(err)}", file=sys.stderr)
-        return 1
+    argv, verbose = _split_verbose(list(sys.argv[1:] if argv is None else argv))
+    debug = bool(os.environ.get(console.DEBUG_ENV))
+    with console.cli_session(verbose):
+        try:
+            return _dispatch(argv)
+        except BrokenPipeError:  # e.g. `clip-zoo models | head`: stop quietly
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 1
+        except KeyboardInterrupt:
+            console.close_bars()
+            print("clip-zoo: interrupted", file=sys.stderr)
+            return 130
+        except Exception as err:  # a user error, a bad checkpoint, an I/O error ...: one line, no traceback
+            if debug:
+                raise
+            console.print_error(err)
+            return 2 if isinstance(err, CLIZooError) else 1
 
 
 if __name__ == "__main__":

@@ -31,7 +31,8 @@ def add_parser(sub) -> None:
 
 
 def _print_table(path: str, labels, idx, probs) -> None:
-    width = max(len(labels[i]) for i in idx)
+    """``path``, then one ``rank. label  probability%`` row per label, in columns shared by every image."""
+    width = max(len(label) for label in labels)
     print(path)
     for rank, (i, p) in enumerate(zip(idx, probs), 1):
         print(f"  {rank:>2}. {labels[i]:<{width}}  {100 * p:6.2f}%")
@@ -50,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as err:
         raise CLIZooError(str(err)) from None
     if args.top_k < 1 or args.batch_size < 1:
-        raise CLIZooError("--top-k and --batch-size must be at least 1")
+        raise CLIZooError("--top-k and --batch-size must be at least 1, pass a positive number")
     paths = expand_images(args.images)
     encoder = load_encoder(args.model, args.framework, args.threads)
     weights = zs.build_zero_shot_weights(encoder.encode_texts, labels, templates)  # (D, L)

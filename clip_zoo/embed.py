@@ -61,12 +61,13 @@ def read_embeddings(out: str) -> tuple[np.ndarray, list[dict], dict]:
     paths = output_paths(out)
     for key in ("npy", "index", "meta"):
         if not paths[key].is_file():
-            raise CLIZooError(f"{paths[key]} not found: is {out} the output of `clip-zoo embed`?")
+            raise CLIZooError(f"{paths[key]} not found, pass the --out file of a finished `clip-zoo embed` run")
     emb = np.load(paths["npy"], allow_pickle=False)
     index = [json.loads(line) for line in paths["index"].read_text(encoding="utf-8").splitlines() if line]
     meta = json.loads(paths["meta"].read_text(encoding="utf-8"))
     if len(index) != len(emb):
-        raise CLIZooError(f"{paths['index']} has {len(index)} rows but {paths['npy']} has {len(emb)}")
+        raise CLIZooError(f"{paths['index']} has {len(index)} rows but {paths['npy']} has {len(emb)}, "
+                          "rerun `clip-zoo embed` to rewrite them")
     return emb, index, meta
 
 
@@ -99,7 +100,7 @@ def _open_work_dir(work: Path, plan: dict, restart: bool) -> None:
         except ValueError:
             old = {}
         if old.get("digest") != plan["digest"]:
-            raise CLIZooError(f"{work} holds an unfinished run with other inputs, model or batch size: rerun that "
+            raise CLIZooError(f"{work} holds an unfinished run with other inputs, model or batch size, rerun that "
                               "command to finish it, or pass --restart to discard it")
         return
     work.mkdir(parents=True, exist_ok=True)
@@ -231,7 +232,9 @@ def _progress(total: int, initial: int, enabled: bool):
         return _NoProgress()
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, unit="item", desc="embed", file=sys.stderr, dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal (a log gets the final summary line only)
+    return tqdm(total=total, initial=initial, unit="item", desc="embed", file=sys.stderr, dynamic_ncols=True,
+                disable=None)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -239,9 +242,9 @@ def run(args: argparse.Namespace) -> int:
     from .inputs import expand_images, read_texts
 
     if not args.inputs and not args.texts:
-        raise CLIZooError("nothing to embed: give image files/folders/globs and/or --texts FILE")
+        raise CLIZooError("nothing to embed, give image files/folders/globs and/or --texts FILE")
     if args.batch_size < 1:
-        raise CLIZooError("--batch-size must be at least 1")
+        raise CLIZooError("--batch-size must be at least 1, pass a positive number")
     items = [["image", p] for p in expand_images(args.inputs)]
     items += [["text", t] for t in (read_texts(args.texts) if args.texts else [])]
     framework = resolve_framework(args.framework)

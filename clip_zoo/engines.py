@@ -10,7 +10,6 @@ torch, flax, tf. Model choice: a path (any checkpoint format ``conversion`` read
 from __future__ import annotations
 
 import functools
-import importlib
 import importlib.util
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from .console import import_framework
 from .errors import CLIZooError
 
 __all__ = ["FRAMEWORKS", "installed_frameworks", "resolve_framework", "resolve_model", "load_encoder", "Encoder",
@@ -45,13 +45,14 @@ def resolve_framework(name: Optional[str] = None) -> str:
     if name is None:
         found = installed_frameworks()
         if not found:
-            raise CLIZooError("no deep-learning framework installed: pip install 'clip-zoo[torch]' (or [tf], [flax])")
+            raise CLIZooError("no deep-learning framework is installed, install one with: "
+                              "pip install 'clip-zoo[torch]' (or [tf], [flax])")
         return found[0]
     key = _ALIASES.get(name.lower(), name.lower())
     if key not in _MODULES:
-        raise CLIZooError(f"unknown framework {name!r}: choose one of {', '.join(FRAMEWORKS)}")
+        raise CLIZooError(f"unknown framework {name!r}, choose one of {', '.join(FRAMEWORKS)}")
     if not _installed(key):
-        raise CLIZooError(f"framework {key!r} is not installed: pip install 'clip-zoo[{key}]'")
+        raise CLIZooError(f"the {key} framework is not installed, install it with: pip install 'clip-zoo[{key}]'")
     return key
 
 
@@ -72,9 +73,9 @@ def resolve_model(spec: Optional[str]) -> Path:
     try:
         resolve_name(spec)
     except (ValueError, TypeError):
-        raise CLIZooError(f"unknown model {spec!r}: not a file or folder, and not a known model name "
-                          "(see `clip-zoo models`)") from None
-    raise CLIZooError(f"model {spec!r} has no local weights and clip-zoo never downloads: pass --model PATH to "
+        raise CLIZooError(f"unknown model {spec!r} (not a file or folder, nor a known model name), "
+                          "pass --model PATH or see `clip-zoo models`") from None
+    raise CLIZooError(f"model {spec!r} has no local weights and clip-zoo never downloads, pass --model PATH to "
                       "a checkpoint (OpenAI .pt, Hugging Face directory, open_clip file)")
 
 
@@ -116,7 +117,7 @@ class Encoder:
     def __init__(self, path: Path, threads: Optional[int] = None, processor=None) -> None:
         self.path = Path(path)
         self.threads = threads
-        self.backend = importlib.import_module(_MODULES[self.framework][1])
+        self.backend = import_framework(_MODULES[self.framework][1])
         self._setup_threads(threads)
         self.model = self._load(self.path)
         self.config = self.model.config
@@ -238,5 +239,4 @@ def load_encoder(model: Optional[str] = None, framework: Optional[str] = None,
     ``processor``: an image processor already built for this checkpoint (see :func:`early_processor`)."""
     name = resolve_framework(framework)
     path = resolve_model(model)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     return _ENCODERS[name](path, threads, processor)

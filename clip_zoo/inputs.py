@@ -43,9 +43,9 @@ def expand_images(inputs: Iterable[str]) -> list[str]:
         elif glob.has_magic(item):
             found = sorted(p for p in glob.glob(item, recursive=True) if Path(p).is_file())
             if not found:
-                raise CLIZooError(f"no files match {item!r}")
+                raise CLIZooError(f"no files match {item!r}, check the pattern")
         else:
-            raise CLIZooError(f"no such file or folder: {item}")
+            raise CLIZooError(f"no such file or folder: {item}, check the path")
         for f in found:
             if f not in seen:
                 seen.add(f)
@@ -58,10 +58,10 @@ def read_texts(path: str) -> list[str]:
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except FileNotFoundError:
-        raise CLIZooError(f"no such texts file: {path}") from None
+        raise CLIZooError(f"no such texts file: {path}, check the --texts path") from None
     except UnicodeDecodeError:
-        raise CLIZooError(f"texts file {path} is not UTF-8 text") from None
+        raise CLIZooError(f"texts file {path} is not UTF-8 text, save it as UTF-8") from None
     texts = [ln.strip() for ln in lines if ln.strip()]
     if not texts:
-        raise CLIZooError(f"texts file {path} holds no text")
+        raise CLIZooError(f"texts file {path} holds no text, write one text per line")
     return texts

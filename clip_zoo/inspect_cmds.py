@@ -25,7 +25,7 @@ def _describe_checkpoint(path: str) -> int:
     from .errors import CLIZooError
 
     if not os.path.exists(path):
-        raise CLIZooError(f"no such file or folder: {path}")
+        raise CLIZooError(f"no such file or folder: {path}, check the path")
     ckpt = conversion.read(path)
     n = ckpt.num_parameters
     dtypes = sorted({str(a.dtype) for a in ckpt.weights.values()})
@@ -36,25 +36,37 @@ def _describe_checkpoint(path: str) -> int:
     return 0
 
 
+def _default_rows() -> list[tuple[str, str]]:
+    """``(name, description)`` rows of the bundled model (a continuation row has no name)."""
+    import json
+
+    from clip_core.default_model import default_model_path
+
+    try:
+        path = default_model_path()
+        info = json.loads((path / "training.json").read_text(encoding="utf-8"))
+    except (FileNotFoundError, ValueError) as err:
+        return [("default", f"(bundled model missing: {err})")]
+    top1 = info.get("metrics", {}).get("zero_shot_top1_caption_template")
+    return [("default", f"(bundled) {info.get('config_summary', '')}"),
+            ("", f"{path}; zero-shot top-1 on coloured shapes: {top1}")]
+
+
+def _columns(rows: list[tuple[str, str]], width: int) -> str:
+    """Names left-aligned in ``width`` characters, descriptions after them."""
+    return "\n".join(f"{name:<{width}}{text}".rstrip() for name, text in rows)
+
+
 def run_models(args: argparse.Namespace) -> int:
     from clip_core import available_models, get_config
-    from clip_core.default_model import default_model_path
 
     if args.path:
         return _describe_checkpoint(args.path)
-    try:
-        import json
-
-        path = default_model_path()
-        info = json.loads((path / "training.json").read_text(encoding="utf-8"))
-        top1 = info.get("metrics", {}).get("zero_shot_top1_caption_template")
-        print(f"default       (bundled) {info.get('config_summary', '')}")
-        print(f"              {path}; zero-shot top-1 on coloured shapes: {top1}")
-    except (FileNotFoundError, ValueError) as err:
-        print(f"default       (bundled model missing: {err})")
+    names = list(available_models())
+    width = max(len(n) for n in ["default", *names]) + 2
+    print(_columns(_default_rows(), width))
     print("\nknown architectures (need a local checkpoint: pass --model PATH):")
-    for name in available_models():
-        print(f"{name:<14}{get_config(name).summary()}")
+    print(_columns([(name, get_config(name).summary()) for name in names], width))
     print("\nHugging Face ids (openai/clip-vit-base-patch32 ...) and open_clip names (ViT-B-32, "
           "ViT-B-32-quickgelu, RN50 ...) are accepted as aliases.")
     return 0

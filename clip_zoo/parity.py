@@ -154,7 +154,9 @@ def load_model(framework: str, checkpoint: str, dtype: str = "fp32"):
     torch: the loaded model cast with ``.to``; tf: a Keras dtype policy (``dtype="float16"``);
     flax: ``dtype``/``param_dtype`` of the modules. Inputs stay fp32; outputs are compared in float64.
     """
-    module = importlib.import_module(FRAMEWORKS[framework][1])
+    from .console import import_framework
+
+    module = import_framework(FRAMEWORKS[framework][1])  # minus the C++ log noise when run quietly
     if dtype == "fp32":
         return module.CLIPModel.from_pretrained(checkpoint)
     if framework == "torch":
@@ -283,19 +285,37 @@ def format_table(report: Mapping[str, Any], only_failures: bool = False) -> str:
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("checkpoint", help="a checkpoint in any supported format")
+    parser.add_argument("checkpoint", help="a checkpoint in any supported format, or 'default' (the bundled model)")
     parser.add_argument("--frameworks", default=None,
                         help="comma-separated subset of torch,tf,flax (default: every installed one)")
     parser.add_argument("--dtype", default="fp32", choices=sorted(BOUNDS))
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of the table")
 
 
-def run(args) -> int:
-    frameworks = args.frameworks.split(",") if args.frameworks else None
+def _check_frameworks(frameworks: Optional[list[str]]) -> None:
+    """Refuse unknown names and fewer than two frameworks with a message that says what to do."""
+    from .errors import CLIZooError
+
     unknown = [f for f in frameworks or [] if f not in FRAMEWORKS]
     if unknown:
-        raise ValueError(f"unknown framework(s) {unknown}; choose from {sorted(FRAMEWORKS)}")
-    report = parity(args.checkpoint, frameworks, args.dtype)
+        raise CLIZooError(f"unknown framework(s) {', '.join(unknown)}, choose from {', '.join(sorted(FRAMEWORKS))}")
+    chosen = frameworks or installed_frameworks()
+    if len(chosen) >= 2:
+        return
+    what = f"parity needs at least two frameworks (got: {', '.join(chosen) or 'none'})"
+    if frameworks:
+        raise CLIZooError(f"{what}, list two or more in --frameworks")
+    other = next(f for f in FRAMEWORKS if f not in chosen)
+    raise CLIZooError(f"{what}, install another with: pip install 'clip-zoo[{other}]'")
+
+
+def run(args) -> int:
+    from clip_core.default_model import resolve_checkpoint
+
+    frameworks = args.frameworks.split(",") if args.frameworks else None
+    _check_frameworks(frameworks)
+    checkpoint = str(resolve_checkpoint(args.checkpoint))  # a path as is; "default" = the bundled model
+    report = parity(checkpoint, frameworks, args.dtype)
     print(json.dumps(report, indent=2) if args.json else format_table(report))
     return 0 if report["passed"] else 1
 
@@ -306,11 +326,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="clip-zoo parity", description=__doc__.splitlines()[0])
     add_arguments(parser)
     args = parser.parse_args(argv)
+    from .console import describe
+    from .errors import CLIZooError
+
     try:
         return run(args)
-    except (ValueError, OSError, ImportError, KeyError) as err:  # ConversionError is a ValueError
-        message = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
-        print(f"clip-zoo parity: error: {message or type(err).__name__}", file=sys.stderr)
+    except (CLIZooError, ValueError, OSError, ImportError, KeyError) as err:  # ConversionError is a ValueError
+        print(f"clip-zoo parity: error: {describe(err)}", file=sys.stderr)
         return 2
 
 

@@ -36,10 +36,10 @@ def _encode_query(encoder, query: str) -> tuple[np.ndarray, str]:
         finally:
             loader.close()
         if pixels is None:
-            raise CLIZooError(f"cannot read query image {query}: {errors[0]}")
+            raise CLIZooError(f"cannot read query image {query} ({errors[0]}), check the file")
         return encoder.encode_images(pixels)[0], "image"
     if not query.strip():
-        raise CLIZooError("the query is empty")
+        raise CLIZooError("the query is empty, pass a text or an image file")
     return encoder.encode_texts([query])[0], "text"
 
 
@@ -48,15 +48,15 @@ def run(args: argparse.Namespace) -> int:
     from .engines import load_encoder
 
     if args.top_k < 1:
-        raise CLIZooError("--top-k must be at least 1")
+        raise CLIZooError("--top-k must be at least 1, pass a positive number")
     emb, index, meta = read_embeddings(args.embeddings)
     rows = [r["row"] for r in index if r["kind"] == "image"] or [r["row"] for r in index]
     if not rows:
-        raise CLIZooError(f"{args.embeddings} holds no embeddings")
+        raise CLIZooError(f"{args.embeddings} holds no embeddings, embed some images first")
     model = args.model if args.model is not None else meta.get("model")
     encoder = load_encoder(model, args.framework or meta.get("framework"), args.threads)
     if encoder.dim != emb.shape[1]:
-        raise CLIZooError(f"the embeddings are {emb.shape[1]}-dimensional but model {model} gives {encoder.dim}: "
+        raise CLIZooError(f"the embeddings are {emb.shape[1]}-dimensional but model {model} gives {encoder.dim}, "
                           f"search with the model that made them ({meta.get('model')})")
     q, _ = _encode_query(encoder, args.query)
     scores = emb[rows] @ q  # (R,)
@@ -66,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
         json.dump(hits, sys.stdout, indent=2)
         print()
         return 0
-    for h in hits:
-        print(f"{h['rank']:>3}. {h['score']:.4f}  {h.get('path', h.get('text'))}")
+    print_hits(hits)
     return 0
+
+
+def print_hits(hits: list[dict]) -> None:
+    """``rank. score  path`` rows; the score keeps its sign in a fixed width (``-0.1234`` / `` 0.1234``)."""
+    rank_width = len(str(len(hits)))
+    for h in hits:
+        print(f"{h['rank']:>{rank_width}}. {h['score']:>7.4f}  {h.get('path', h.get('text'))}")

@@ -252,3 +252,6 @@ def _write_open_clip(directory: Path, config: CLIPConfig, weights: Mapping, dtyp
     write_safetensors(directory / oc.WEIGHT_NAMES[0], canonical_to_openai(weights, config), dtype=dtype, progress=tick)
     blob = json.dumps(oc.config_to_open_clip(config), indent=2) + "\n"
     atomic_write_bytes(directory / oc.CONFIG_NAME, blob.encode("utf-8"))
+        from clip_core.io import dir_mode
+
+        os.chmod(tmp, dir_mode())  # mkdtemp makes 0o700; the result should look like any new directory

@@ -1,7 +1,8 @@
 """``python -m conversion SRC DST [--to F] [--dtype D] [--arch NAME] [--verify]`` and ``inspect SRC``.
 
-:func:`main` is reused by ``clip-zoo convert``. Bad input gives a one-line ``error:`` message and
-exit status 1 (2 for usage errors), never a traceback.
+:func:`main` gives a one-line ``error:`` message and exit status 1 for bad input (2 for usage
+errors), never a traceback. ``clip-zoo convert`` calls :func:`run` with its own ``prog`` and prints
+the errors it raises in its own style.
 """
 from __future__ import annotations
 
@@ -18,12 +19,21 @@ from .api import FORMATS, default_format, read, save_checkpoint
 from .errors import ConversionError
 from .tensors import cast, zero_copy_reads
 
-__all__ = ["main", "build_parser", "verify"]
+__all__ = ["main", "run", "build_parser", "verify"]
+
+PROG = "python -m conversion"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m conversion", description="Convert a CLIP checkpoint between formats "
-                                "(or `inspect SRC`), without any deep-learning framework.")
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (``<prog>: error: ...``), exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message}, see '{self.prog} --help'\n")
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Convert a CLIP checkpoint between formats "
+                "(or `inspect SRC`), without any deep-learning framework.")
     p.add_argument("src", help="checkpoint file or directory (any supported format)")
     p.add_argument("dst", help="output path (directory, or a .pt / .h5 / .msgpack file)")
     p.add_argument("--to", choices=FORMATS, help="output format (default: from DST's suffix, else canonical)")
@@ -34,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _inspect_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m conversion inspect", description="Describe a checkpoint.")
+def _inspect_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    p = _Parser(prog=f"{prog} inspect", description="Describe a checkpoint.")
     p.add_argument("src")
     p.add_argument("--arch", help="architecture name for a bare state dict")
     return p
@@ -48,7 +58,8 @@ def _bar(total: int, quiet: bool):
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, unit="tensor", desc="writing", file=sys.stderr, leave=False)
+    # disable=None: no bar at all when stderr is not a terminal (no carriage-return redraws in a log)
+    return tqdm(total=total, unit="tensor", desc="writing", file=sys.stderr, leave=False, disable=None)
 
 
 def verify(dst: Path, reference: dict, config, dtype: Optional[str]) -> list[str]:
@@ -59,15 +70,29 @@ def verify(dst: Path, reference: dict, config, dtype: Optional[str]) -> list[str
     return bad + sorted(set(back.weights) - set(reference))
 
 
+def _source(src: str) -> str:
+    """``default`` (the bundled model) and locally cached OpenAI names as their path; else ``src``."""
+    from clip_core.default_model import ModelNotFoundError, resolve_checkpoint
+
+    if Path(src).exists():
+        return src
+    try:
+        return str(resolve_checkpoint(src))
+    except ModelNotFoundError:  # not a name either: read() reports the missing path
+        return src
+
+
 def _convert(args: argparse.Namespace) -> int:
     with zero_copy_reads():  # the source arrays are only read: let writers copy them file-to-file
-        src = read(args.src, arch=args.arch)
+        src = read(_source(args.src), arch=args.arch)
     fmt = args.to or default_format(args.dst)
     bar = _bar(len(src.weights), args.quiet)
-    save_checkpoint(args.dst, src.config, src.weights, format=fmt, dtype=args.dtype,
-                    progress=(lambda name: bar.update(1)) if bar else None)
-    if bar:
-        bar.close()
+    try:
+        save_checkpoint(args.dst, src.config, src.weights, format=fmt, dtype=args.dtype,
+                        progress=(lambda name: bar.update(1)) if bar else None)
+    finally:  # cleared before anything else is printed, an error included
+        if bar:
+            bar.close()
     print(f"read {src.source} ({src.format}); wrote {args.dst} ({fmt}{', ' + args.dtype if args.dtype else ''}): "
           f"{len(src.weights)} tensors, {src.num_parameters:,} parameters; {src.config.summary()}")
     if args.verify:
@@ -79,7 +104,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    ckpt = read(args.src, arch=args.arch)
+    ckpt = read(_source(args.src), arch=args.arch)
     dtypes = sorted({np.dtype(a.dtype).name for a in ckpt.weights.values()})
     print(f"file:       {ckpt.source}\nformat:     {ckpt.format}\narchitecture: "
           f"{'ResNet' if ckpt.config.is_resnet else 'ViT'} — {ckpt.config.summary()}\n"
@@ -87,13 +112,19 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def run(argv: Sequence[str], prog: str = PROG) -> int:
+    """Parse ``argv`` (usage errors exit with status 2) and run it; other errors are raised."""
+    argv = list(argv)
+    inspecting = bool(argv) and argv[0] == "inspect"
+    args = (_inspect_parser(prog) if inspecting else build_parser(prog)).parse_args(argv[1:] if inspecting else argv)
+    return _inspect(args) if inspecting else _convert(args)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    inspecting = bool(argv) and argv[0] == "inspect"
-    args = (_inspect_parser() if inspecting else build_parser()).parse_args(argv[1:] if inspecting else argv)
     try:
-        return _inspect(args) if inspecting else _convert(args)
+        return run(argv)
     except (ConversionError, WeightMismatchError, FileNotFoundError, OSError, ValueError) as err:
         message = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
         print(f"error: {message}", file=sys.stderr)

@@ -82,10 +82,17 @@ def write_tf_h5(path, config: CLIPConfig, weights: Mapping[str, np.ndarray], dty
 
 @contextlib.contextmanager
 def _atomic_path(path: Path) -> Iterator[str]:
-    """A temp file name beside ``path``; fsynced and renamed over ``path`` once the block succeeds."""
+    """A temp file name beside ``path``; fsynced and renamed over ``path`` once the block succeeds.
+
+    The file gets the umask's mode (as ``open()`` would), not ``mkstemp``'s ``0o600``."""
+    from clip_core.io import file_mode
+
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:
+        os.fchmod(fd, file_mode())
+    finally:
+        os.close(fd)
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)
