@@ -42,8 +42,15 @@ import clip_core  # noqa: E402
 import clip_torch  # noqa: E402
 import torch  # noqa: E402
 
-print("smoke: versions " + ", ".join(f"{d} {md.version(d)}" for d in ("clip-zoo", "tokenizers", "torch", "numpy",
-                                                                       "pillow", "safetensors")), flush=True)
+def _version(dist: str) -> str:
+    try:
+        return md.version(dist)
+    except md.PackageNotFoundError:
+        return "NOT INSTALLED"
+
+
+print("smoke: versions " + ", ".join(f"{d} {_version(d)}" for d in ("clip-zoo", "tokenizers", "torch", "numpy",
+                                                                    "pillow", "safetensors")), flush=True)
 print(f"smoke: clip_core from {Path(clip_core.__file__).parent}", flush=True)
 
 
