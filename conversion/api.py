@@ -176,6 +176,9 @@ def _into_directory(target: Path, fill: Callable[[Path], None]) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        from clip_core.io import dir_mode
+
+        os.chmod(tmp, dir_mode())  # mkdtemp makes 0o700; the result should look like any new directory
         fill(tmp)
         os.replace(tmp, target)
     except BaseException:
@@ -252,6 +255,4 @@ def _write_open_clip(directory: Path, config: CLIPConfig, weights: Mapping, dtyp
     write_safetensors(directory / oc.WEIGHT_NAMES[0], canonical_to_openai(weights, config), dtype=dtype, progress=tick)
     blob = json.dumps(oc.config_to_open_clip(config), indent=2) + "\n"
     atomic_write_bytes(directory / oc.CONFIG_NAME, blob.encode("utf-8"))
-        from clip_core.io import dir_mode
 
-        os.chmod(tmp, dir_mode())  # mkdtemp makes 0o700; the result should look like any new directory
