@@ -15,8 +15,13 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "CLIPTokenizer": ".tokenizer",
+    "CLIPTokenizerFast": ".tokenizer",
     "tokenize": ".tokenizer",
     "CLIPImageProcessor": ".image_processing",
+    "CLIPImageProcessorFast": ".image_processing",
+    "CLIPFeatureExtractor": ".image_processing",
+    "BatchFeature": ".batch",
+    "BatchEncoding": ".batch",
     "CLIPProcessor": ".processor",
     "default_model_path": ".default_model",
     "resolve_checkpoint": ".default_model",
@@ -38,4 +43,5 @@ __all__ = [
     "check_weights", "WeightMismatchError", "ModelOutput", "BaseModelOutputWithPooling",
     "CLIPTextModelOutput", "CLIPVisionModelOutput", "CLIPOutput", "ImageClassifierOutput",
     "CLIPTokenizer", "tokenize", "CLIPImageProcessor", "CLIPProcessor", "default_model_path", "resolve_checkpoint",
+    "CLIPTokenizerFast", "CLIPImageProcessorFast", "CLIPFeatureExtractor", "BatchFeature", "BatchEncoding",
 ]

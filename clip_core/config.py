@@ -1,4 +1,10 @@
-"""CLIP configurations: frozen, validated dataclasses that read and write Hugging Face ``config.json``.
+"""CLIP configurations: validated dataclasses that read and write Hugging Face ``config.json``.
+
+Like transformers' configs they are mutable (``config.projection_dim = 256``; assignments are not
+validated, except that a CLIPConfig keeps ``projection_dim`` equal in its towers) and take
+PretrainedConfig's keyword arguments (``num_labels``, ``id2label``, ``output_hidden_states``,
+``torch_dtype`` or any other key, kept in ``extra``); they hash by value, so caches keyed on a config
+see a changed config as a new key.
 
 Field names and defaults follow ``transformers`` 4.x (``CLIPTextConfig``, ``CLIPVisionConfig``,
 ``CLIPConfig``) so a directory written here loads in ``transformers.CLIPModel.from_pretrained``.
@@ -9,9 +15,11 @@ Keys this module does not know are never dropped: they are kept in ``extra`` and
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
+import sys
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Union
@@ -26,6 +34,9 @@ __all__ = [
 ]
 
 CONFIG_NAME = "config.json"
+# The activations every backend implements. A config accepts any name (as transformers does: its
+# ACT2FN has "silu", "gelu_fast", "relu6", ... and the docs name "selu"); a backend lacking one raises
+# a clear error naming it when the model is built.
 _ACTIVATIONS = ("quick_gelu", "gelu", "gelu_new", "gelu_pytorch_tanh", "relu")
 # Keys transformers writes on every config that carry no architecture information.
 _HF_BOOKKEEPING = ("transformers_version", "_name_or_path", "architectures", "torch_dtype", "dtype")
@@ -36,6 +47,30 @@ def _positive(cfg: Any, *names: str) -> None:
         value = getattr(cfg, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{type(cfg).__name__}.{name} must be a positive integer, got {value!r}")
+
+
+def _real(cfg: Any, *names: str) -> None:
+    for name in names:
+        value = getattr(cfg, name)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value != value:
+            raise ValueError(f"{type(cfg).__name__}.{name} must be a number, got {value!r}")
+
+
+def _section(data: dict, key: str, owner: str) -> dict:
+    """``data.pop(key)`` as a dict: absent / null gives ``{}``; anything but a JSON object is an error."""
+    value = data.pop(key, None)
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{owner}: '{key}' must be a JSON object, got {type(value).__name__}")
+    return dict(value)
+
+
+def _check_act(cfg: Any) -> None:
+    """``hidden_act`` must name an activation (any name: backends check the ones they implement)."""
+    if not isinstance(cfg.hidden_act, str) or not cfg.hidden_act:
+        raise ValueError(f"{type(cfg).__name__}.hidden_act must be an activation name such as {_ACTIVATIONS}, "
+                         f"got {cfg.hidden_act!r}")
 
 
 def _nonnegative_float(cfg: Any, *names: str) -> None:
@@ -88,11 +123,14 @@ class _ConfigIO:
             data = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise FileNotFoundError(f"no config file at {path}") from None
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, huge integers
+            raise ValueError(f"{path} is not valid JSON: {str(err)[:200]}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path} must hold a JSON object, got {type(data).__name__}")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (ValueError, TypeError, AttributeError, RecursionError) as err:  # wrong JSON types: name file + key
+            raise ValueError(f"{path}: {str(err)[:300]}") from None
 
     @classmethod
     def from_pretrained(cls, path: Union[str, os.PathLike]):
@@ -107,11 +145,112 @@ class _ConfigIO:
         return directory / CONFIG_NAME
 
     def replace(self, **changes: Any):
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        """A copy with some fields changed (validated again); nothing mutable is shared with ``self``."""
+        new = dataclasses.replace(self, **changes)  # type: ignore[type-var]
+        for f in fields(new):  # type: ignore[arg-type]
+            value = getattr(new, f.name)
+            if f.name not in changes and isinstance(value, _ConfigIO) and value is getattr(self, f.name):
+                object.__setattr__(new, f.name, copy.deepcopy(value))
+        return new
+
+    # -- transformers' PretrainedConfig behaviour: mutable, extra attributes kept in ``extra`` -----------
+    # Configs are mutable like transformers' (``config.projection_dim = 256``). They hash by value (the
+    # fields, not ``extra``) so that caches keyed on a config (schema's lru_cache) see a changed config
+    # as a new key; assignments are not validated, as in transformers (the model build checks them).
+    def __setattr__(self, name: str, value: Any) -> None:
+        cls = type(self)
+        if name in cls.__dataclass_fields__ or name.startswith("_") or hasattr(cls, name):  # type: ignore[attr-defined]
+            object.__setattr__(self, name, value)
+            return
+        extra = self.__dict__.setdefault("extra", {})
+        if name == "id2label" and isinstance(value, Mapping):
+            value = {int(k) if _int_like(k) else k: v for k, v in value.items()}
+        elif name in ("torch_dtype", "dtype") and value is not None and not isinstance(value, str):
+            value = str(value).replace("torch.", "")  # torch.float16 -> "float16", as transformers writes it
+        extra[name] = value
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called when normal lookup fails: transformers-style attributes live in ``extra``.
+        if name.startswith("__") or name == "extra":
+            raise AttributeError(name)
+        extra = self.__dict__.get("extra") or {}
+        if name in extra:
+            value = extra[name]
+            if name == "id2label" and isinstance(value, Mapping) and any(isinstance(k, str) for k in value):
+                return {int(k) if _int_like(k) else k: v for k, v in value.items()}
+            if name in ("torch_dtype", "dtype") and isinstance(value, str) and "torch" in sys.modules:
+                return getattr(sys.modules["torch"], value, value)
+            return value
+        if name == "label2id" and "id2label" in extra:
+            return None  # transformers leaves label2id unset when only id2label is given
+        if name in ("id2label", "label2id"):
+            n = self.num_labels
+            return ({i: f"LABEL_{i}" for i in range(n)} if name == "id2label"
+                    else {f"LABEL_{i}": i for i in range(n)})
+        if name in _PRETRAINED_DEFAULTS:
+            return copy.copy(_PRETRAINED_DEFAULTS[name])
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    @property
+    def num_labels(self) -> int:
+        """Classifier width, as transformers: ``len(id2label)`` (2 when no labels are set)."""
+        return num_labels_of(self)  # type: ignore[arg-type]
+
+    @num_labels.setter
+    def num_labels(self, num_labels: int) -> None:
+        extra = self.__dict__.setdefault("extra", {})
+        extra.pop("num_labels", None)
+        if len(extra.get("id2label") or {}) != num_labels:
+            extra["id2label"] = {i: f"LABEL_{i}" for i in range(num_labels)}
+            extra["label2id"] = {f"LABEL_{i}": i for i in range(num_labels)}
+
+    @property
+    def use_return_dict(self) -> bool:
+        return bool(self.return_dict) and not self.torchscript
 
 
-@dataclass(frozen=True)
+def _int_like(key: Any) -> bool:
+    return isinstance(key, int) or (isinstance(key, str) and key.lstrip("-").isdigit())
+
+
+# transformers' PretrainedConfig attributes (and their defaults) that CLIP configs answer without storing.
+_PRETRAINED_DEFAULTS: dict = {
+    "return_dict": True, "output_hidden_states": False, "output_attentions": False, "torchscript": False,
+    "torch_dtype": None, "dtype": None, "pruned_heads": {}, "tie_word_embeddings": True,
+    "chunk_size_feed_forward": 0, "is_encoder_decoder": False, "is_decoder": False, "add_cross_attention": False,
+    "tie_encoder_decoder": False, "architectures": None, "finetuning_task": None, "tokenizer_class": None,
+    "prefix": None, "task_specific_params": None, "problem_type": None, "bos_token_id": None,
+    "eos_token_id": None, "pad_token_id": None, "sep_token_id": None, "decoder_start_token_id": None,
+    "cross_attention_hidden_size": None, "name_or_path": "",
+}
+
+
+def _hf_kwargs(cls):
+    """Let a config dataclass take transformers' extra keyword arguments (``num_labels``, ``id2label``,
+    ``output_hidden_states``, ``torch_dtype``, any unknown key ...): they are kept in ``extra``."""
+    init = cls.__init__
+    names = {f.name for f in fields(cls)}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        hf = {k: kwargs.pop(k) for k in list(kwargs) if k not in names}
+        if hf.get("model_type") in (None, cls.model_type):
+            hf.pop("model_type", None)
+        init(self, *args, **kwargs)
+        object.__setattr__(self, "extra", copy.deepcopy(dict(self.extra)))  # never shared with the caller
+        if "id2label" in hf:  # transformers: id2label wins over num_labels
+            hf.pop("num_labels", None)
+        for key in sorted(hf, key=lambda k: k != "id2label"):
+            setattr(self, key, hf[key])
+        object.__setattr__(self, "_ready", True)
+
+    __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+    __init__.__doc__ = init.__doc__
+    cls.__init__ = __init__
+    return cls
+
+
+@_hf_kwargs
+@dataclass(unsafe_hash=True)
 class CLIPTextConfig(_ConfigIO):
     """The text transformer: causal self-attention over BPE tokens, pooled at the EOT token."""
 
@@ -142,12 +281,13 @@ class CLIPTextConfig(_ConfigIO):
             raise ValueError(
                 f"CLIPTextConfig.hidden_size ({self.hidden_size}) must be divisible by "
                 f"num_attention_heads ({self.num_attention_heads})")
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"CLIPTextConfig.hidden_act must be one of {_ACTIVATIONS}, got {self.hidden_act!r}")
+        _check_act(self)
         _nonnegative_float(self, "layer_norm_eps", "attention_dropout", "dropout")
+        _real(self, "initializer_range", "initializer_factor")
         for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and 0 <= value < self.vocab_size):
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool)
+                                          and 0 <= value < self.vocab_size):
                 raise ValueError(f"CLIPTextConfig.{name} must be a token id below vocab_size, got {value!r}")
 
     @property
@@ -168,7 +308,8 @@ class CLIPTextConfig(_ConfigIO):
         return cls(**kwargs, extra=extra)
 
 
-@dataclass(frozen=True)
+@_hf_kwargs
+@dataclass(unsafe_hash=True)
 class CLIPVisionConfig(_ConfigIO):
     """The Vision Transformer tower (patch embedding, class token, pre/post layer norm)."""
 
@@ -202,9 +343,9 @@ class CLIPVisionConfig(_ConfigIO):
             raise ValueError(
                 f"CLIPVisionConfig.image_size ({self.image_size}) must be divisible by "
                 f"patch_size ({self.patch_size})")
-        if self.hidden_act not in _ACTIVATIONS:
-            raise ValueError(f"CLIPVisionConfig.hidden_act must be one of {_ACTIVATIONS}, got {self.hidden_act!r}")
+        _check_act(self)
         _nonnegative_float(self, "layer_norm_eps", "attention_dropout", "dropout")
+        _real(self, "initializer_range", "initializer_factor")
 
     @property
     def head_dim(self) -> int:
@@ -232,7 +373,8 @@ class CLIPVisionConfig(_ConfigIO):
         return cls(**kwargs, extra=extra)
 
 
-@dataclass(frozen=True)
+@_hf_kwargs
+@dataclass(unsafe_hash=True)
 class CLIPResNetVisionConfig(_ConfigIO):
     """OpenAI's ModifiedResNet: 3-conv stem, anti-aliased Bottlenecks, attention pooling.
 
@@ -271,6 +413,7 @@ class CLIPResNetVisionConfig(_ConfigIO):
                 f"CLIPResNetVisionConfig: the attention-pool width ({self.embed_dim} = width*32) must be "
                 f"divisible by num_attention_heads ({self.num_attention_heads})")
         _nonnegative_float(self, "batch_norm_eps")
+        _real(self, "initializer_range", "initializer_factor")
 
     @property
     def embed_dim(self) -> int:
@@ -311,7 +454,8 @@ def vision_config_from_dict(data: Mapping[str, Any]) -> VisionConfig:
     return CLIPVisionConfig.from_dict(data)
 
 
-@dataclass(frozen=True)
+@_hf_kwargs
+@dataclass(unsafe_hash=True)
 class CLIPConfig(_ConfigIO):
     """A whole CLIP: text tower, vision tower (ViT or ResNet), projections and logit scale."""
 
@@ -325,6 +469,10 @@ class CLIPConfig(_ConfigIO):
     extra: dict = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.text_config is None:  # transformers: None means the default tower
+            object.__setattr__(self, "text_config", CLIPTextConfig())
+        if self.vision_config is None:
+            object.__setattr__(self, "vision_config", CLIPVisionConfig())
         if isinstance(self.text_config, Mapping):
             object.__setattr__(self, "text_config", CLIPTextConfig.from_dict(self.text_config))
         if isinstance(self.vision_config, Mapping):
@@ -336,11 +484,17 @@ class CLIPConfig(_ConfigIO):
                 f"CLIPConfig.vision_config must be a CLIPVisionConfig or CLIPResNetVisionConfig, "
                 f"got {type(self.vision_config).__name__}")
         _positive(self, "projection_dim")
+        _real(self, "logit_scale_init_value", "initializer_factor")
         if self.text_config.projection_dim != self.projection_dim:
             object.__setattr__(self, "text_config", dataclasses.replace(self.text_config, projection_dim=self.projection_dim))
         if self.vision_config.projection_dim != self.projection_dim:
             object.__setattr__(self, "vision_config",
                                dataclasses.replace(self.vision_config, projection_dim=self.projection_dim))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name in ("text_config", "vision_config", "projection_dim") and self.__dict__.get("_ready"):
+            self.__post_init__()  # towers from dicts, projection_dim kept equal in all three configs
 
     @property
     def is_resnet(self) -> bool:
@@ -361,12 +515,13 @@ class CLIPConfig(_ConfigIO):
         """
         data = dict(data)
         mt = data.get("model_type")
-        if mt in (CLIPTextConfig.model_type, CLIPVisionConfig.model_type, CLIPResNetVisionConfig.model_type):
+        if isinstance(mt, str) and mt in (CLIPTextConfig.model_type, CLIPVisionConfig.model_type,
+                                          CLIPResNetVisionConfig.model_type):
             raise ValueError(f"this is a {mt} config, not a whole CLIP config; use the tower's config class")
-        text = dict(data.pop("text_config", None) or {})
-        text.update(data.pop("text_config_dict", None) or {})
-        vision = dict(data.pop("vision_config", None) or {})
-        vision.update(data.pop("vision_config_dict", None) or {})
+        text = _section(data, "text_config", "CLIPConfig")
+        text.update(_section(data, "text_config_dict", "CLIPConfig"))
+        vision = _section(data, "vision_config", "CLIPConfig")
+        vision.update(_section(data, "vision_config_dict", "CLIPConfig"))
         kwargs, extra = cls._split(data)
         kwargs.pop("text_config", None)
         kwargs.pop("vision_config", None)

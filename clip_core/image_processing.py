@@ -18,10 +18,12 @@ while decoding and resampling; ``np.take`` releases it too).
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -29,38 +31,29 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .batch import BatchFeature
 from .tensors import convert_to_tensors
 
-__all__ = ["CLIPImageProcessor", "BatchFeature", "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "ImageTooLargeError",
-           "convert_to_tensors"]
+__all__ = ["CLIPImageProcessor", "CLIPImageProcessorFast", "CLIPFeatureExtractor", "BatchFeature",
+           "OPENAI_CLIP_MEAN", "OPENAI_CLIP_STD", "ImageTooLargeError", "convert_to_tensors"]
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 CONFIG_NAME = "preprocessor_config.json"
 MODES = ("openai", "hf")
 ImageLike = Union[Image.Image, np.ndarray, str, os.PathLike]
+# Settings transformers lets every preprocess() call override.
+_SETTINGS = ("size", "crop_size", "do_resize", "resample", "do_center_crop", "do_rescale", "rescale_factor",
+             "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+# Keys of transformers' preprocessor_config.json / constructor that carry no preprocessing setting here.
+_IGNORED_INIT_KEYS = ("image_processor_type", "feature_extractor_type", "processor_class", "use_square_size",
+                      "_processor_class", "input_data_format", "data_format", "return_tensors", "device",
+                      "disable_grouping", "default_to_square", "pad_size", "do_pad")
+_CHANNEL_FORMATS = ("channels_first", "channels_last")
 
 
 class ImageTooLargeError(ValueError):
     """An image exceeds ``PIL.Image.MAX_IMAGE_PIXELS`` (PIL's decompression-bomb limit)."""
-
-
-class BatchFeature(dict):
-    """A dict with attribute access, like ``transformers.BatchFeature``."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-    def convert_to_tensors(self, return_tensors: Optional[str]) -> "BatchFeature":
-        """Convert every value in place to the framework ``return_tensors`` and return self."""
-        for key, value in self.items():
-            self[key] = convert_to_tensors(value, return_tensors)
-        return self
-
-
 
 
 # ----------------------------------------------------------------------------------------------
@@ -88,6 +81,35 @@ def _size_dict(size: Any, name: str, default_to_square: bool) -> Dict[str, int]:
     if any(v <= 0 for v in out.values()):
         raise ValueError(f"{name} must be positive; got {size!r}")
     return out
+
+
+def _default_crop(size: Dict[str, int]) -> Dict[str, int]:
+    n = size.get("shortest_edge", min(size.get("height", 224), size.get("width", 224)))
+    return {"height": n, "width": n}
+
+
+def _channel_values(values: Any) -> List[float]:
+    """``image_mean`` / ``image_std``: one number for every channel or one per channel (as transformers)."""
+    if isinstance(values, (int, float, np.number)) and not isinstance(values, bool):
+        return [float(values)] * 3
+    return [float(x) for x in values]
+
+
+def _channel_format(value: Any, name: str, allow_none: bool) -> Optional[str]:
+    """``"channels_first"`` / ``"channels_last"`` from a string or transformers' ``ChannelDimension``."""
+    value = getattr(value, "value", value)
+    if value is None and allow_none:
+        return None
+    if value not in _CHANNEL_FORMATS:
+        raise ValueError(f"{name} must be one of {list(_CHANNEL_FORMATS)}; got {value!r}")
+    return value
+
+
+def _ignore_kwargs(kwargs: Dict[str, Any], known: Sequence[str]) -> None:
+    """transformers warns about (and ignores) keyword arguments it does not know; so do we."""
+    unknown = sorted(k for k in kwargs if k not in known)
+    if unknown:
+        warnings.warn(f"CLIPImageProcessor: unused or unrecognized kwargs: {', '.join(unknown)}", stacklevel=3)
 
 
 def resized_hw(h: int, w: int, size: Dict[str, int]) -> Tuple[int, int]:
@@ -268,8 +290,8 @@ class CLIPImageProcessor:
     ``(H, W, C)`` uint8 or float array, a file path, a list of these, or an ``(N, H, W, C)`` array.
 
     Args:
-        mode: ``"openai"`` (OpenAI's torchvision ``_transform``) or ``"hf"`` (transformers'
-            ``CLIPImageProcessor``); see docs/preprocessing.md for how they differ.
+        mode: ``"hf"`` (default: transformers' ``CLIPImageProcessor``) or ``"openai"`` (OpenAI's
+            torchvision ``_transform``, what ``clip.load`` returns); see docs/preprocessing.md.
         size: shortest edge (int), ``{"shortest_edge": n}`` or ``{"height": h, "width": w}``.
         crop_size: int, ``(h, w)`` or ``{"height": h, "width": w}``; defaults to ``size``.
         exif_transpose: rotate images loaded from *file paths* by their EXIF orientation. Default:
@@ -278,44 +300,61 @@ class CLIPImageProcessor:
         num_threads: worker threads for a batch (default ``min(8, os.cpu_count())``).
         fast: decode JPEG files at a reduced DCT scale (``Image.draft``) — faster, NOT bit-exact.
         Other keywords mirror transformers (``do_resize``, ``resample``, ``do_center_crop``,
-        ``do_rescale``, ``rescale_factor``, ``do_normalize``, ``image_mean``, ``image_std``).
+        ``do_rescale``, ``rescale_factor``, ``do_normalize``, ``image_mean``, ``image_std``,
+        ``do_convert_rgb``); each can also be overridden per call of :meth:`preprocess`.
+        ``do_convert_rgb=False`` processes RGB images as usual and refuses others (as transformers
+        fails on them).
     """
 
     model_input_names = ["pixel_values"]
 
-    def __init__(self, mode: str = "openai", size: Any = 224, crop_size: Any = None, *,
+    def __init__(self, mode: str = "hf", size: Any = 224, crop_size: Any = None, *,
                  do_resize: bool = True, resample: int = 3, do_center_crop: bool = True,
                  do_rescale: bool = True, rescale_factor: float = 1 / 255, do_normalize: bool = True,
-                 image_mean: Sequence[float] = OPENAI_CLIP_MEAN, image_std: Sequence[float] = OPENAI_CLIP_STD,
+                 image_mean: Any = OPENAI_CLIP_MEAN, image_std: Any = OPENAI_CLIP_STD,
                  do_convert_rgb: bool = True, exif_transpose: Optional[bool] = None,
-                 num_threads: Optional[int] = None, fast: bool = False) -> None:
+                 num_threads: Optional[int] = None, fast: bool = False, **kwargs: Any) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}; got {mode!r}")
-        if mode == "openai" and (not do_rescale or not math.isclose(rescale_factor, 1 / 255)):
-            raise ValueError("mode 'openai' always rescales by 1/255 (torchvision ToTensor)")
-        if not do_convert_rgb:
-            raise ValueError("do_convert_rgb=False is not supported: CLIP models take RGB input")
-        if len(image_mean) != 3 or len(image_std) != 3 or min(image_std) <= 0:
-            raise ValueError(f"image_mean / image_std need 3 values, std > 0; got {image_mean}, {image_std}")
+        _ignore_kwargs(kwargs, _IGNORED_INIT_KEYS)
         self.mode = mode
-        self.size = _size_dict(size, "size", default_to_square=False)
-        self.crop_size = _size_dict(crop_size if crop_size is not None else self._default_crop(),
-                                    "crop_size", default_to_square=True)
-        self.do_resize, self.resample, self.do_center_crop = do_resize, int(resample), do_center_crop
-        self.do_rescale, self.rescale_factor, self.do_normalize = do_rescale, float(rescale_factor), do_normalize
-        self.image_mean, self.image_std = [float(x) for x in image_mean], [float(x) for x in image_std]
-        self.do_convert_rgb = do_convert_rgb
+        size = _size_dict(size, "size", default_to_square=False)
+        self._configure(size=size, crop_size=crop_size if crop_size is not None else _default_crop(size),
+                        do_resize=do_resize, resample=resample, do_center_crop=do_center_crop,
+                        do_rescale=do_rescale, rescale_factor=rescale_factor, do_normalize=do_normalize,
+                        image_mean=image_mean, image_std=image_std, do_convert_rgb=do_convert_rgb)
         self.exif_transpose = (mode == "hf") if exif_transpose is None else bool(exif_transpose)
         self.num_threads = max(1, num_threads if num_threads is not None else min(8, os.cpu_count() or 1))
         self.fast = bool(fast)
-        self._luts: Dict[bool, np.ndarray] = {}
         self._pool: Optional[ThreadPoolExecutor] = None
         self._pool_lock = threading.Lock()
 
-    def _default_crop(self) -> Dict[str, int]:
-        s = self.size
-        n = s.get("shortest_edge", min(s.get("height", 224), s.get("width", 224)))
-        return {"height": n, "width": n}
+    def _configure(self, *, size: Any, crop_size: Any, do_resize: bool, resample: Any, do_center_crop: bool,
+                   do_rescale: bool, rescale_factor: float, do_normalize: bool, image_mean: Any, image_std: Any,
+                   do_convert_rgb: bool) -> None:
+        """Validate and set the preprocessing settings (constructor and per-call overrides)."""
+        if self.mode == "openai" and (not do_rescale or not math.isclose(rescale_factor, 1 / 255)):
+            raise ValueError("mode 'openai' always rescales by 1/255 (torchvision ToTensor)")
+        image_mean, image_std = _channel_values(image_mean), _channel_values(image_std)
+        if len(image_mean) != 3 or len(image_std) != 3 or min(image_std) <= 0:
+            raise ValueError(f"image_mean / image_std need 3 values (or one for all channels), std > 0; "
+                             f"got {image_mean}, {image_std}")
+        self.size = _size_dict(size, "size", default_to_square=False)
+        self.crop_size = _size_dict(crop_size, "crop_size", default_to_square=True)
+        self.do_resize, self.resample, self.do_center_crop = bool(do_resize), int(resample), bool(do_center_crop)
+        self.do_rescale, self.rescale_factor = bool(do_rescale), float(rescale_factor)
+        self.do_normalize, self.image_mean, self.image_std = bool(do_normalize), image_mean, image_std
+        self.do_convert_rgb = bool(do_convert_rgb)
+        self._luts: Dict[bool, np.ndarray] = {}
+
+    def _with(self, overrides: Dict[str, Any]) -> "CLIPImageProcessor":
+        """A copy with per-call ``overrides`` applied (validated), sharing this processor's thread pool."""
+        settings = {k: getattr(self, k) for k in _SETTINGS}
+        settings.update(overrides)
+        new = copy.copy(self)  # __getstate__: no pool, no lock
+        new._configure(**settings)
+        new._executor = self._executor  # type: ignore[method-assign]
+        return new
 
     def __repr__(self) -> str:
         return f"CLIPImageProcessor(mode={self.mode!r}, size={self.size}, crop_size={self.crop_size})"
@@ -356,19 +395,29 @@ class CLIPImageProcessor:
             return img
         return img.resize((w, h), resample=self.resample)
 
+    def _rgb(self, index: int, img: Image.Image) -> Image.Image:
+        if img.mode == "RGB":
+            return img
+        if not self.do_convert_rgb:
+            raise ValueError(f"image {index}: do_convert_rgb=False needs RGB images, got PIL mode {img.mode!r} "
+                             "(transformers' CLIPImageProcessor cannot process it either); "
+                             "use do_convert_rgb=True")
+        return img.convert("RGB")
+
     def _pixels(self, index: int, image: ImageLike) -> Tuple[np.ndarray, bool]:
         """One image → cropped uint8 (H, W, 3) and the double-rescale flag."""
         img, prescaled = self._to_pil(index, image)
         if self.mode == "hf":
-            img = img if img.mode == "RGB" else img.convert("RGB")
-            arr = np.asarray(self._resize(img))  # (H, W, 3) uint8
+            arr = np.asarray(self._resize(self._rgb(index, img)))  # (H, W, 3) uint8
             if self.do_center_crop:
                 arr = _hf_crop(arr, self.crop_size["height"], self.crop_size["width"])
             return arr, prescaled
+        if not self.do_convert_rgb:
+            self._rgb(index, img)  # refuse non-RGB images before the work
         img = self._resize(img)
         if self.do_center_crop:
             img = _openai_crop(img, self.crop_size["height"], self.crop_size["width"])
-        return np.asarray(img if img.mode == "RGB" else img.convert("RGB")), False  # (H, W, 3) uint8
+        return np.asarray(self._rgb(index, img)), False  # (H, W, 3) uint8
 
     def _process_into(self, index: int, image: ImageLike, out: Optional[np.ndarray]) -> np.ndarray:
         """Process one image into ``out`` (3, H, W) float32 (or a new array) by table lookup."""
@@ -394,11 +443,44 @@ class CLIPImageProcessor:
         futures = [pool.submit(self._process_into, i, im, o) for i, (im, o) in enumerate(zip(images, outs))]
         return [f.result() for f in futures]
 
-    def preprocess(self, images: Any, return_tensors: Optional[str] = "np") -> BatchFeature:
-        """Preprocess one image or a batch; see the class docstring."""
-        batch = _as_list(images)
+    def preprocess(self, images: Any, do_resize: Optional[bool] = None, size: Any = None, resample: Any = None,
+                   do_center_crop: Optional[bool] = None, crop_size: Any = None, do_rescale: Optional[bool] = None,
+                   rescale_factor: Optional[float] = None, do_normalize: Optional[bool] = None,
+                   image_mean: Any = None, image_std: Any = None, do_convert_rgb: Optional[bool] = None,
+                   return_tensors: Any = "np", data_format: Any = "channels_first",
+                   input_data_format: Any = None, **kwargs: Any) -> BatchFeature:
+        """Preprocess one image or a batch; see the class docstring.
+
+        Every setting can be overridden for this call, as in transformers' ``preprocess``
+        (``None`` keeps the processor's value). ``data_format="channels_last"`` returns
+        ``(N, H, W, 3)``; ``input_data_format`` tells how numpy / tensor images are laid out
+        (default: channels-last, or channels-first when only that reading fits the shape).
+        ``return_tensors``: ``"np"`` (default), ``"pt"``, ``"tf"``, ``"jax"`` or ``None``.
+        """
+        _ignore_kwargs(kwargs, ())
+        overrides = {k: v for k, v in (("do_resize", do_resize), ("size", size), ("resample", resample),
+                                       ("do_center_crop", do_center_crop), ("crop_size", crop_size),
+                                       ("do_rescale", do_rescale), ("rescale_factor", rescale_factor),
+                                       ("do_normalize", do_normalize), ("image_mean", image_mean),
+                                       ("image_std", image_std), ("do_convert_rgb", do_convert_rgb))
+                     if v is not None}
+        proc = self._with(overrides) if overrides else self
+        data_format = _channel_format(data_format, "data_format", allow_none=False)
+        input_data_format = _channel_format(input_data_format, "input_data_format", allow_none=True)
+        batch = [_to_channels_last(image, input_data_format) for image in _as_list(images)]
         for i, image in enumerate(batch):
             _validate(i, image)
+        out = proc._preprocess(batch, return_tensors is not None)
+        # transformers returns the uint8 pixels when it neither rescales nor normalizes
+        if (proc.mode == "hf" and not proc.do_rescale and not proc.do_normalize
+                and not any(isinstance(im, np.ndarray) and im.dtype != np.uint8 for im in batch)):
+            out = out.astype(np.uint8) if isinstance(out, np.ndarray) else [a.astype(np.uint8) for a in out]
+        if data_format == "channels_last":
+            out = out.transpose(0, 2, 3, 1) if isinstance(out, np.ndarray) else [a.transpose(1, 2, 0) for a in out]
+        return BatchFeature(pixel_values=out).convert_to_tensors(return_tensors)
+
+    def _preprocess(self, batch: List[ImageLike], tensors: bool) -> Any:
+        """Validated images → float32 (N, 3, H, W) (or a list of (3, H, W) of different sizes)."""
         if self.do_center_crop:
             pixel_values = np.empty((len(batch), 3, self.crop_size["height"], self.crop_size["width"]),
                                     dtype=np.float32)  # (N, 3, H, W)
@@ -408,10 +490,10 @@ class CLIPImageProcessor:
             arrays = self._run(batch, [None] * len(batch))
             same = len({a.shape for a in arrays}) == 1
             value = np.stack(arrays) if same else arrays
-            if not same and return_tensors is not None:
+            if not same and tensors:
                 raise ValueError("images have different sizes after resizing (do_center_crop=False); "
                                  "use return_tensors=None to get a list")
-        return BatchFeature(pixel_values=value).convert_to_tensors(return_tensors)
+        return value
 
     __call__ = preprocess
 
@@ -477,8 +559,30 @@ class CLIPImageProcessor:
             pool.shutdown(wait=False)
 
 
+def _to_numpy(image: Any) -> Any:
+    """torch / tf / jax arrays as numpy (transformers accepts them as images); anything else unchanged."""
+    if isinstance(image, (np.ndarray, Image.Image, str, os.PathLike, list, tuple)) or image is None:
+        return image
+    if hasattr(image, "detach") and hasattr(image, "cpu"):  # torch
+        return image.detach().cpu().numpy()
+    if hasattr(image, "__array__") and hasattr(image, "shape"):
+        return np.asarray(image)
+    return image
+
+
+def _to_channels_last(image: Any, input_data_format: Optional[str]) -> Any:
+    """A 3-D array in (H, W, C); ``input_data_format`` None reads (C, H, W) only when (H, W, C) cannot fit."""
+    image = _to_numpy(image)
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or input_data_format == "channels_last":
+        return image
+    if input_data_format == "channels_first" or (image.shape[2] not in (1, 3, 4) and image.shape[0] in (1, 3)):
+        return image.transpose(1, 2, 0)
+    return image
+
+
 def _as_list(images: Any) -> List[Any]:
     """A single image, a (nested) list/tuple of images or an (N, H, W, C) array → list of images."""
+    images = _to_numpy(images)
     if isinstance(images, np.ndarray) and images.ndim == 4:
         return list(images)
     if isinstance(images, (list, tuple)):
@@ -488,3 +592,7 @@ def _as_list(images: Any) -> List[Any]:
             return [x for group in images for x in group]
         return list(images)
     return [images]
+
+
+CLIPImageProcessorFast = CLIPImageProcessor  # transformers' torchvision variant: same preprocessing here
+CLIPFeatureExtractor = CLIPImageProcessor  # transformers' deprecated name

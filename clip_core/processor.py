@@ -11,7 +11,8 @@ from typing import Any, Optional, Union
 
 import numpy as np
 
-from .image_processing import BatchFeature, CLIPImageProcessor
+from .batch import BatchFeature
+from .image_processing import CLIPImageProcessor
 
 __all__ = ["CLIPProcessor"]
 
@@ -44,7 +45,10 @@ class CLIPProcessor:
 
     attributes = ["image_processor", "tokenizer"]
 
-    def __init__(self, tokenizer: Any = None, image_processor: Optional[CLIPImageProcessor] = None) -> None:
+    def __init__(self, tokenizer: Any = None, image_processor: Optional[CLIPImageProcessor] = None, *,
+                 feature_extractor: Optional[CLIPImageProcessor] = None) -> None:
+        if image_processor is None:  # transformers' deprecated name for the image processor
+            image_processor = feature_extractor
         if isinstance(tokenizer, CLIPImageProcessor):  # transformers' positional order (image_processor, tokenizer)
             tokenizer, image_processor = image_processor, tokenizer
         if image_processor is not None and not isinstance(image_processor, CLIPImageProcessor):
@@ -55,15 +59,17 @@ class CLIPProcessor:
 
             tokenizer = CLIPTokenizer()
         self.tokenizer = tokenizer
-        self.image_processor = image_processor if image_processor is not None else CLIPImageProcessor("hf")
+        self.image_processor = image_processor if image_processor is not None else CLIPImageProcessor(mode="hf")
 
     def __call__(self, text: Any = None, images: Any = None, *, return_tensors: Optional[str] = None,
                  padding: Any = False, truncation: Any = None, max_length: Optional[int] = None,
-                 return_attention_mask: bool = True) -> BatchFeature:
+                 return_attention_mask: bool = True, **image_kwargs: Any) -> BatchFeature:
         """Tokenize ``text`` and preprocess ``images`` (either may be omitted, not both).
 
         As transformers 4.57, which takes ``images`` first, an images-then-text positional call is
-        recognised and swapped.
+        recognised and swapped. Other keywords (``do_resize``, ``size``, ``crop_size``,
+        ``image_mean``, ``data_format`` ...) go to the image processor, as transformers routes them.
+        Returns a :class:`BatchFeature` (``inputs.to(device)``, ``inputs.pixel_values`` ...).
         """
         if text is not None and images is not None and _looks_like_images(text) and _looks_like_text(images):
             text, images = images, text
@@ -73,7 +79,7 @@ class CLIPProcessor:
             raise ValueError("CLIPProcessor needs text, images or both; got neither")
         out = BatchFeature()
         if images is not None:
-            out.update(self.image_processor(images, return_tensors=return_tensors))
+            out.update(self.image_processor(images, return_tensors=return_tensors, **image_kwargs))
         if text is not None:
             out.update(self.tokenizer(text, padding=padding, truncation=truncation, max_length=max_length,
                                       return_tensors=return_tensors, return_attention_mask=return_attention_mask))

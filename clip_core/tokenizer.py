@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import os
 import threading
 from functools import lru_cache
@@ -21,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from .batch import BatchEncoding
 from ._text_clean import (SEP_CHUNK, check_texts, clean_reference, fast_chunks, is_plain_ascii, openai_pattern,
                           split_fast)
 
@@ -248,14 +250,7 @@ def to_tensor(array: np.ndarray, return_tensors: Optional[str]):
                               "jax" if return_tensors == "flax" else return_tensors)
 
 
-class TokenizerOutput(dict):
-    """Mapping ``input_ids`` / ``attention_mask`` with attribute access (like ``BatchEncoding``)."""
-
-    def __getattr__(self, name: str):
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(name) from None
+TokenizerOutput = BatchEncoding  # the former name of the output mapping
 
 
 # ----------------------------------------------------------------------------- the tokenizer
@@ -264,11 +259,22 @@ _PADDING = {True: _LONGEST, "longest": _LONGEST, "max_length": _MAX_LENGTH, Fals
             "do_not_pad": _NO_PAD}
 _TRUNCATION = {True: True, "longest_first": True, "only_first": True, False: False, "do_not_truncate": False}
 VERY_LARGE_INTEGER = int(1e30)  # transformers' model_max_length when a config does not set one
+LARGE_INTEGER = int(1e20)  # above this, transformers treats model_max_length as "no maximum"
+_CLIP_SPECIALS = {"bos_token": BOS, "eos_token": EOS, "unk_token": EOS}
+logger = logging.getLogger(__name__)
+
+
+def clean_up_tokenization(text: str) -> str:
+    """transformers' ``clean_up_tokenization``: drop the spaces before punctuation and English contractions."""
+    for a, b in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't"),
+                 (" 'm", "'m"), (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")):
+        text = text.replace(a, b)
+    return text
 
 
 def _token_content(value: Any) -> Optional[str]:
     """A special token as stored in HF configs: a string or ``{"content": ...}``."""
-    return value.get("content") if isinstance(value, dict) else value
+    return value.get("content") if isinstance(value, dict) else getattr(value, "content", value)
 
 
 def _read_json(path: str) -> Dict[str, Any]:
@@ -279,11 +285,28 @@ def _read_json(path: str) -> Dict[str, Any]:
 
 
 def _id_list(ids: Any) -> List[int]:
-    """Token ids from a list, numpy array or framework tensor, as a list of Python ints."""
+    """Token ids from an id, a list, numpy array or framework tensor, as a list of Python ints."""
+    if hasattr(ids, "detach"):  # torch (also on an accelerator or requiring grad)
+        ids = ids.detach().cpu()
     arr = np.asarray(ids.numpy() if hasattr(ids, "numpy") else ids)
+    if arr.ndim == 0 and np.issubdtype(arr.dtype, np.integer):
+        arr = arr.reshape(1)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
         raise TypeError(f"token ids must be a 1-D sequence of integers, got shape {arr.shape} dtype {arr.dtype}")
     return arr.astype(np.int64).tolist()
+
+
+def _load_tokenizer_json(path: str, pad_token: Optional[str]):
+    """(vocab, merges, backend) of a ``tokenizer.json``; a pad token it lacks is added as a special token."""
+    from tokenizers import AddedToken, Tokenizer
+
+    vocab, merges = read_tokenizer_json(path)
+    backend = Tokenizer.from_file(path)
+    backend.no_padding()
+    backend.no_truncation()
+    if pad_token is not None and pad_token not in {t.content for t in backend.get_added_tokens_decoder().values()}:
+        backend.add_special_tokens([AddedToken(pad_token, special=True, normalized=False)])
+    return vocab, merges, backend
 
 
 class CLIPTokenizer:
@@ -296,8 +319,49 @@ class CLIPTokenizer:
 
     model_input_names = ["input_ids", "attention_mask"]
 
-    def __init__(self, vocab: Optional[Vocab] = None, merges: Optional[Merges] = None, *,
-                 pad_token: Union[str, int] = EOS, model_max_length: int = DEFAULT_MAX_LENGTH, backend=None):
+    def __init__(self, vocab: Union[Vocab, str, os.PathLike, None] = None,
+                 merges: Union[Merges, str, os.PathLike, None] = None, *,
+                 pad_token: Union[str, int] = EOS, model_max_length: Optional[int] = None, backend=None,
+                 vocab_file: Union[str, os.PathLike, None] = None, merges_file: Union[str, os.PathLike, None] = None,
+                 tokenizer_file: Union[str, os.PathLike, None] = None, errors: str = "replace",
+                 clean_up_tokenization_spaces: bool = False, **special_tokens: Any):
+        """``CLIPTokenizer()`` (bundled vocabulary), ``CLIPTokenizer(vocab, merges)`` (in memory), or as
+        transformers: ``CLIPTokenizer(vocab_file=..., merges_file=...)`` / ``CLIPTokenizer("vocab.json",
+        "merges.txt")`` / ``CLIPTokenizer(tokenizer_file="tokenizer.json")``.
+
+        ``model_max_length`` defaults to 77 for the bundled / in-memory vocabulary and, as in
+        transformers, to "no maximum" (``VERY_LARGE_INTEGER``) when built from files.
+        ``unk_token`` / ``bos_token`` / ``eos_token`` may be given but must be CLIP's own.
+        """
+        for name, value in special_tokens.items():
+            if name not in _CLIP_SPECIALS:
+                if name in ("do_lower_case", "add_prefix_space", "tokenizer_class", "name_or_path",
+                            "added_tokens_decoder", "additional_special_tokens", "from_slow", "split_special_tokens"):
+                    continue  # transformers bookkeeping keys with no effect on CLIP's pipeline
+                raise TypeError(f"CLIPTokenizer got an unexpected keyword argument {name!r}")
+            if _token_content(value) != _CLIP_SPECIALS[name]:
+                raise ValueError(f"{name} must be {_CLIP_SPECIALS[name]!r} (CLIP's vocabulary), got {value!r}")
+        if isinstance(vocab, (str, os.PathLike)) or isinstance(merges, (str, os.PathLike)):
+            if vocab_file is not None or merges_file is not None:
+                raise ValueError("give the vocabulary files either positionally or as vocab_file / merges_file")
+            vocab_file, merges_file, vocab, merges = vocab, merges, None, None
+        from_files = tokenizer_file is not None or vocab_file is not None or merges_file is not None
+        if from_files:
+            if vocab is not None or merges is not None or backend is not None:
+                raise ValueError("give either vocabulary files or an in-memory vocab / merges, not both")
+            if tokenizer_file is not None:
+                pad = None if isinstance(pad_token, (int, np.integer)) else _token_content(pad_token)
+                vocab, merges, backend = _load_tokenizer_json(os.fspath(tokenizer_file), pad)
+            elif vocab_file is None or merges_file is None:
+                raise ValueError("vocab_file and merges_file must be given together (or tokenizer_file)")
+            else:
+                vocab, merges = read_hf_files(os.fspath(vocab_file), os.fspath(merges_file))
+        if model_max_length is None:
+            model_max_length = VERY_LARGE_INTEGER if from_files else DEFAULT_MAX_LENGTH
+        if not isinstance(pad_token, (int, np.integer)):
+            pad_token = _token_content(pad_token)  # a string, an AddedToken or HF's {"content": ...}
+        self.errors = errors
+        self.clean_up_tokenization_spaces = bool(clean_up_tokenization_spaces)
         if vocab is None:
             if merges is not None:
                 raise ValueError("merges given without vocab")
@@ -340,17 +404,11 @@ class CLIPTokenizer:
         pad = _token_content(config.get("pad_token")) or _token_content(tokens_map.get("pad_token")) or EOS
         kwargs.setdefault("pad_token", pad)
         kwargs.setdefault("model_max_length", config.get("model_max_length", VERY_LARGE_INTEGER))
+        kwargs.setdefault("clean_up_tokenization_spaces", bool(config.get("clean_up_tokenization_spaces", False)))
         tok_json = os.path.join(directory, "tokenizer.json")
         vocab_file, merges_file = os.path.join(directory, "vocab.json"), os.path.join(directory, "merges.txt")
         if os.path.isfile(tok_json):
-            from tokenizers import AddedToken, Tokenizer
-
-            vocab, merges = read_tokenizer_json(tok_json)
-            backend = Tokenizer.from_file(tok_json)
-            backend.no_padding()
-            backend.no_truncation()
-            if kwargs["pad_token"] not in {t.content for t in backend.get_added_tokens_decoder().values()}:
-                backend.add_special_tokens([AddedToken(kwargs["pad_token"], special=True, normalized=False)])
+            vocab, merges, backend = _load_tokenizer_json(tok_json, kwargs["pad_token"])
             return cls(vocab, merges, backend=backend, **kwargs)
         if os.path.isfile(vocab_file) and os.path.isfile(merges_file):
             vocab, merges = read_hf_files(vocab_file, merges_file)
@@ -369,8 +427,9 @@ class CLIPTokenizer:
         added = {str(i): {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
                           "single_word": t.single_word, "special": t.special}
                  for i, t in sorted(self._backend.get_added_tokens_decoder().items())}
-        config = {"added_tokens_decoder": added, "bos_token": BOS, "clean_up_tokenization_spaces": False,
-                  "do_lower_case": True, "eos_token": EOS, "errors": "replace",
+        config = {"added_tokens_decoder": added, "bos_token": BOS,
+                  "clean_up_tokenization_spaces": self.clean_up_tokenization_spaces,
+                  "do_lower_case": True, "eos_token": EOS, "errors": self.errors,
                   "model_max_length": self.model_max_length, "pad_token": self.pad_token,
                   "tokenizer_class": "CLIPTokenizer", "unk_token": EOS}
         tokens_map = {"bos_token": BOS, "eos_token": EOS, "pad_token": self.pad_token, "unk_token": EOS}
@@ -469,6 +528,15 @@ class CLIPTokenizer:
         if trunc not in _TRUNCATION:
             raise ValueError(f"truncation must be a bool, 'longest_first', 'only_first' or 'do_not_truncate', "
                              f"got {truncation!r}")
+        if max_length is None and self.model_max_length > LARGE_INTEGER:  # no maximum known: as transformers
+            if pad_mode == _MAX_LENGTH:
+                logger.warning("Asking to pad to max_length but no maximum length is provided and the model has "
+                               "no predefined maximum length. Default to no padding.")
+                pad_mode = _NO_PAD
+            if _TRUNCATION[trunc]:
+                logger.warning("Asking to truncate to max_length but no maximum length is provided and the model "
+                               "has no predefined maximum length. Default to no truncation.")
+                trunc = False
         limit = max_length if max_length is not None else self.model_max_length
         if _TRUNCATION[trunc] and limit < 2:
             raise ValueError(f"max_length must be >= 2 to keep <|startoftext|> and <|endoftext|>, got {limit}")
@@ -542,18 +610,92 @@ class CLIPTokenizer:
         (item,) = check_texts([text])
         return self._backend.encode(item, add_special_tokens=False).tokens
 
-    def decode(self, ids: Any, skip_special_tokens: bool = False) -> str:
-        """Text of ``ids`` like ``CLIPTokenizerFast.decode``: ``</w>`` becomes a space, ends stripped."""
-        text = self._backend.decode(_id_list(ids), skip_special_tokens=skip_special_tokens)
-        return text.replace("</w>", " ").strip()
+    def _finish_decode(self, text: str, clean_up_tokenization_spaces: Optional[bool]) -> str:
+        text = text.replace("</w>", " ").strip()
+        clean = self.clean_up_tokenization_spaces if clean_up_tokenization_spaces is None \
+            else clean_up_tokenization_spaces
+        return clean_up_tokenization(text) if clean else text
 
-    def batch_decode(self, sequences: Any, skip_special_tokens: bool = False) -> List[str]:
-        """:meth:`decode` of every row of a (B, T) array, tensor or list of id lists."""
-        return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in sequences]
+    def decode(self, ids: Any, skip_special_tokens: bool = False,
+               clean_up_tokenization_spaces: Optional[bool] = None, **kwargs: Any) -> str:
+        """Text of ``ids`` (an id, a list, an array or a tensor) like ``CLIPTokenizer(Fast).decode``.
+
+        ``</w>`` becomes a space and the ends are stripped; ``clean_up_tokenization_spaces``
+        (default: the tokenizer's setting, False unless its ``tokenizer_config.json`` says otherwise)
+        applies transformers' :func:`clean_up_tokenization`.
+        """
+        text = self._backend.decode(_id_list(ids), skip_special_tokens=skip_special_tokens)
+        return self._finish_decode(text, clean_up_tokenization_spaces)
+
+    def batch_decode(self, sequences: Any, skip_special_tokens: bool = False,
+                     clean_up_tokenization_spaces: Optional[bool] = None, **kwargs: Any) -> List[str]:
+        """:meth:`decode` of every row of a (B, T) array, tensor or list of id lists (one Rust batch)."""
+        rows = [_id_list(row) for row in sequences]
+        texts = self._backend.decode_batch(rows, skip_special_tokens=skip_special_tokens)
+        return [self._finish_decode(t, clean_up_tokenization_spaces) for t in texts]
+
+    # ------------------------------------------------------------------ transformers' special-token helpers
+    @property
+    def all_special_tokens(self) -> List[str]:
+        """``[bos, eos]`` plus the pad token when it is another token (transformers' order)."""
+        return list(dict.fromkeys([BOS, EOS, self.unk_token, self.pad_token]))
+
+    @property
+    def all_special_ids(self) -> List[int]:
+        return [self._backend.token_to_id(t) for t in self.all_special_tokens]
+
+    def build_inputs_with_special_tokens(self, token_ids_0: List[int],
+                                         token_ids_1: Optional[List[int]] = None) -> List[int]:
+        """``<|startoftext|> A <|endoftext|>``; a pair:
+        ``<|startoftext|> A <|endoftext|><|endoftext|> B <|endoftext|>`` (as transformers)."""
+        bos, eos = [self.bos_token_id], [self.eos_token_id]
+        if token_ids_1 is None:
+            return bos + list(token_ids_0) + eos
+        return bos + list(token_ids_0) + eos + eos + list(token_ids_1) + eos
+
+    def get_special_tokens_mask(self, token_ids_0: List[int], token_ids_1: Optional[List[int]] = None,
+                                already_has_special_tokens: bool = False) -> List[int]:
+        """1 where :meth:`build_inputs_with_special_tokens` puts a special token, else 0 (as the slow
+        ``CLIPTokenizer``); ``already_has_special_tokens``: 1 for every special id in ``token_ids_0``."""
+        if already_has_special_tokens:
+            if token_ids_1 is not None:
+                raise ValueError("You should not supply a second sequence if the provided sequence of ids is "
+                                 "already formatted with special tokens for the model.")
+            special = set(self.all_special_ids)
+            return [1 if int(t) in special else 0 for t in token_ids_0]
+        if token_ids_1 is None:
+            return [1] + [0] * len(token_ids_0) + [1]
+        return [1] + [0] * len(token_ids_0) + [1] + [1] + [0] * len(token_ids_1) + [1]
+
+    def create_token_type_ids_from_sequences(self, token_ids_0: List[int],
+                                             token_ids_1: Optional[List[int]] = None) -> List[int]:
+        """All zeros (CLIP has no token types), as long as :meth:`build_inputs_with_special_tokens`."""
+        return [0] * len(self.build_inputs_with_special_tokens(token_ids_0, token_ids_1))
+
+    def save_vocabulary(self, save_directory: Union[str, os.PathLike],
+                        filename_prefix: Optional[str] = None) -> Optional[Tuple[str, str]]:
+        """Write ``[prefix-]vocab.json`` and ``[prefix-]merges.txt`` byte for byte as the slow
+        ``CLIPTokenizer.save_vocabulary`` does; returns their paths (``None`` and an error logged when
+        ``save_directory`` is not a directory, as transformers)."""
+        save_directory = os.fspath(save_directory)
+        if not os.path.isdir(save_directory):
+            logger.error(f"Vocabulary path ({save_directory}) should be a directory")
+            return None
+        prefix = filename_prefix + "-" if filename_prefix else ""
+        vocab_file = os.path.join(save_directory, prefix + "vocab.json")
+        merges_file = os.path.join(save_directory, prefix + "merges.txt")
+        with open(vocab_file, "w", encoding="utf-8") as f:
+            f.write(json.dumps(self._vocab, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        with open(merges_file, "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in self._merges))
+        return vocab_file, merges_file
 
     def __repr__(self) -> str:
         return (f"CLIPTokenizer(vocab_size={self.vocab_size}, pad_token={self.pad_token!r}, "
                 f"model_max_length={self.model_max_length})")
+
+
+CLIPTokenizerFast = CLIPTokenizer  # transformers' Rust-backed name: this tokenizer is Rust-backed too
 
 
 @lru_cache(maxsize=1)

@@ -319,10 +319,18 @@ def test_decompression_bomb(procs, tmp_path, monkeypatch, factor):
             procs["hf"](Image.new("L", (100, 100)))
 
 
+def test_no_rgb_conversion_refuses_a_grayscale_image():
+    """``do_convert_rgb=False`` is accepted (as in transformers); a non-RGB image then fails clearly."""
+    proc = CLIPImageProcessor(do_convert_rgb=False)
+    assert proc(Image.new("RGB", (40, 30)), return_tensors="np")["pixel_values"].shape == (1, 3, 224, 224)
+    with pytest.raises(ValueError, match="do_convert_rgb"):
+        proc(Image.new("L", (40, 30)), return_tensors="np")
+
+
 @pytest.mark.parametrize("kwargs,match", [
     ({"mode": "torch"}, "mode"), ({"size": 0}, "positive"), ({"size": "big"}, "size"),
     ({"crop_size": {"w": 3}}, "crop_size"), ({"image_std": [1, 0, 1]}, "std"),
-    ({"mode": "openai", "rescale_factor": 0.5}, "1/255"), ({"do_convert_rgb": False}, "RGB"),
+    ({"mode": "openai", "rescale_factor": 0.5}, "1/255"),
 ])
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
