@@ -44,7 +44,7 @@ _SEVERITY = "IWEF"
 #: An exception class name that starts a message part (``JSONDecodeError: ...``), dropped from errors.
 _CLASS_PREFIX = re.compile(r"\b(?:[A-Za-z_]\w*\.)*[A-Z]\w*(?:Error|Exception|Warning): ")
 #: Words of a message that already says what to do.
-_ADVICE = re.compile(r"\b(pass|install|check|rerun|use|see|choose)\b", re.IGNORECASE)
+_ADVICE = re.compile(r"\b(pass|install|check|rerun|retry|download|use|see|choose)\b", re.IGNORECASE)
 _quiet = False
 
 # Import name -> the clip-zoo extra that installs it (frameworks are named by their --framework name).

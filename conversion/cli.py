@@ -70,21 +70,9 @@ def verify(dst: Path, reference: dict, config, dtype: Optional[str]) -> list[str
     return bad + sorted(set(back.weights) - set(reference))
 
 
-def _source(src: str) -> str:
-    """``default`` (the bundled model) and locally cached OpenAI names as their path; else ``src``."""
-    from clip_core.default_model import ModelNotFoundError, resolve_checkpoint
-
-    if Path(src).exists():
-        return src
-    try:
-        return str(resolve_checkpoint(src))
-    except ModelNotFoundError:  # not a name either: read() reports the missing path
-        return src
-
-
 def _convert(args: argparse.Namespace) -> int:
     with zero_copy_reads():  # the source arrays are only read: let writers copy them file-to-file
-        src = read(_source(args.src), arch=args.arch)
+        src = read(args.src, arch=args.arch)  # read() resolves "default" and cached names
     fmt = args.to or default_format(args.dst)
     bar = _bar(len(src.weights), args.quiet)
     try:
@@ -104,7 +92,7 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    ckpt = read(_source(args.src), arch=args.arch)
+    ckpt = read(args.src, arch=args.arch)
     dtypes = sorted({np.dtype(a.dtype).name for a in ckpt.weights.values()})
     print(f"file:       {ckpt.source}\nformat:     {ckpt.format}\narchitecture: "
           f"{'ResNet' if ckpt.config.is_resnet else 'ViT'} — {ckpt.config.summary()}\n"
