@@ -393,6 +393,11 @@ class CLIPImageProcessor:
         h, w = resized_hw(img.height, img.width, self.size)
         if (h, w) == (img.height, img.width):
             return img
+        if Image.MAX_IMAGE_PIXELS is not None and h * w > Image.MAX_IMAGE_PIXELS:  # a 1x100000 strip, size=1e5
+            raise ImageTooLargeError(
+                f"resizing a {img.width}x{img.height} image to {w}x{h} (size={self.size}) would make {w * h} "
+                f"pixels, more than PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS}; check the image's "
+                "aspect ratio and the processor's size")
         return img.resize((w, h), resample=self.resample)
 
     def _rgb(self, index: int, img: Image.Image) -> Image.Image:

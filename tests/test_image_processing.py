@@ -319,6 +319,14 @@ def test_decompression_bomb(procs, tmp_path, monkeypatch, factor):
             procs["hf"](Image.new("L", (100, 100)))
 
 
+@pytest.mark.parametrize("image_wh,size", [((100000, 1), 224), ((300, 200), 100000)])
+def test_resize_target_is_bounded(image_wh, size):
+    """A 1x100000 strip or a size=100000 config would allocate GBs in the resize: refused before it."""
+    proc = CLIPImageProcessor(mode="hf", size=size, crop_size=224)
+    with pytest.raises(ImageTooLargeError, match="aspect ratio and the processor's size"):
+        proc(Image.new("RGB", image_wh), return_tensors="np")
+
+
 def test_no_rgb_conversion_refuses_a_grayscale_image():
     """``do_convert_rgb=False`` is accepted (as in transformers); a non-RGB image then fails clearly."""
     proc = CLIPImageProcessor(do_convert_rgb=False)
