@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+import lzma
 import os
-import shutil
-import tempfile
+import struct
 import time
 import warnings
+import zipfile
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,8 @@ from clip_core.schema import WeightMismatchError, check_weights
 
 from . import open_clip as oc
 from .detect import sniff, weights_file
-from .errors import ConversionError
+from .errors import ConversionError, MissingDependencyError
+from .folders import clean_beside, into_directory
 from .hf import drop_legacy, read_sharded, read_tensor_file, write_extras
 from .hf_flax import read_flax_msgpack, write_flax_msgpack
 from .hf_tf import read_tf_h5, write_tf_h5
@@ -33,8 +36,9 @@ __all__ = ["FORMATS", "Checkpoint", "read", "load_checkpoint", "load_for_part", 
 
 PathLike = Union[str, os.PathLike]
 FORMATS = ("canonical", "hf", "openai", "open_clip", "tf", "flax")
-#: Test hook: seconds to sleep after each tensor written (lets a test kill a conversion mid-write).
-_SLOW_ENV = "CLIP_ZOO_CONVERSION_TEST_SLEEP"
+#: Internal test hook, never read from the environment: seconds to sleep after each tensor written
+#: (a test sets it in a subprocess through ``tests/hooked.py`` to kill a conversion mid-write).
+_test_tick_delay = 0.0
 
 
 @dataclass
@@ -51,13 +55,38 @@ class Checkpoint:
         return int(sum(np.size(a) for a in self.weights.values()))
 
 
+#: Bytes of a JSON side file read with the weights (config.json, open_clip_config.json, *.index.json).
+MAX_JSON_BYTES = 64 * 2 ** 20
+
+
+def _json_file(path: Path) -> object:
+    """Parse an untrusted JSON file; every failure is a one-line :class:`ConversionError` naming it."""
+    size = path.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ConversionError(f"{path}: {size:,} bytes is too large for a JSON side file (at most {MAX_JSON_BYTES:,})")
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (ValueError, RecursionError) as err:  # JSONDecodeError, UnicodeDecodeError, over-long integers
+        raise ConversionError(f"{path}: not valid JSON ({type(err).__name__}: {str(err)[:200]})") from None
+
+
+def _config_from(data: object, where: str) -> CLIPConfig:
+    """A :class:`CLIPConfig` from an untrusted ``config.json`` dict; wrong types name ``where`` and the key."""
+    if not isinstance(data, dict):
+        raise ConversionError(f"{where}: a config must be a JSON object, got {type(data).__name__}")
+    try:
+        return CLIPConfig.from_dict(data)
+    except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as err:
+        raise ConversionError(f"{where}: invalid config: {str(err)[:300]}") from None
+
+
 def _hf_config(directory: Path, file: Path, arch: Optional[str]) -> CLIPConfig:
     if arch:
         return oc.config_from_arch(arch)
     if not (directory / "config.json").is_file():
         raise ConversionError(f"{file}: Hugging Face-named weights need a config.json beside them "
                               f"(none in {directory}); pass a config or an architecture name")
-    return CLIPConfig.from_pretrained(directory)
+    return _config_from(_json_file(directory / "config.json"), str(directory / "config.json"))
 
 
 #: Record clip-zoo adds to the OpenAI ``.pt`` it writes: the exact config (OpenAI's loaders ignore it).
@@ -69,20 +98,59 @@ def _openai_config(tensors: Mapping, directory: Path, file: Path, arch: Optional
         return "open_clip", oc.config_from_arch(arch)
     stored = read_extra_record(file, CONFIG_RECORD) if sniff(file) == "zip" else None
     if stored is not None:
-        return "openai", CLIPConfig.from_dict(json.loads(stored))
+        where = f"{file}:{CONFIG_RECORD}"
+        try:
+            data = json.loads(stored.decode("utf-8"))
+        except (ValueError, RecursionError) as err:
+            raise ConversionError(f"{where}: not valid JSON ({type(err).__name__}: {str(err)[:200]})") from None
+        return "openai", _config_from(data, where)
     if (directory / oc.CONFIG_NAME).is_file():
-        data = json.loads((directory / oc.CONFIG_NAME).read_text(encoding="utf-8"))
-        return "open_clip", oc.config_from_open_clip(data, str(directory / oc.CONFIG_NAME))
+        where = directory / oc.CONFIG_NAME
+        data = _json_file(where)
+        if not isinstance(data, dict) or not isinstance(data.get("model_cfg", data), dict):
+            raise ConversionError(f"{where}: not an open_clip config ('model_cfg' must be a JSON object)")
+        try:
+            return "open_clip", oc.config_from_open_clip(data, str(where))
+        except ConversionError:
+            raise
+        except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as err:
+            raise ConversionError(f"{where}: invalid open_clip config: {str(err)[:300]}") from None
     return "openai", infer_config(tensors, str(file))
+
+
+def _check_index(index: Path) -> None:
+    """A sharded index names shards beside it only (no absolute paths, no ``..``), as strings."""
+    data = _json_file(index)
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ConversionError(f"{index}: not a sharded-checkpoint index (no 'weight_map' object)")
+    for name, shard in weight_map.items():
+        if not isinstance(shard, str):
+            raise ConversionError(f"{index}: 'weight_map' entry {name[:80]!r} is a {type(shard).__name__}, "
+                                  f"not a file name")
+        if shard in ("", ".", "..") or "/" in shard or "\\" in shard or Path(shard).name != shard or "\0" in shard:
+            raise ConversionError(f"{index}: 'weight_map' entry {name[:80]!r} names shard {shard[:80]!r}; shards "
+                                  f"must be plain file names beside the index")
 
 
 def _num_labels(weights: Mapping, config: CLIPConfig, part: str) -> Optional[int]:
     if part != "classification":
         return None
-    if "classifier.weight" in weights:
-        return int(np.shape(weights["classifier.weight"])[0])
+    shape = np.shape(weights["classifier.weight"]) if "classifier.weight" in weights else ()
+    if shape:
+        return int(shape[0])
     extra = config.extra
-    return int(extra.get("num_labels") or len(extra.get("id2label") or {}) or 2)
+    labels, id2label = extra.get("num_labels"), extra.get("id2label")
+    if labels is not None and (type(labels) is not int or labels < 0):
+        raise ConversionError(f"config: 'num_labels' must be a non-negative integer, got {type(labels).__name__}")
+    if id2label is not None and not isinstance(id2label, dict):
+        raise ConversionError(f"config: 'id2label' must be a JSON object, got {type(id2label).__name__}")
+    return int(labels or len(id2label or {}) or 2)
+
+
+#: Errors a malformed file may still provoke deep inside a parser; :func:`read` reports them in one line.
+_MALFORMED = (ValueError, RecursionError, OverflowError, IndexError, KeyError, TypeError, AttributeError,
+              struct.error, zipfile.BadZipFile, zlib.error, lzma.LZMAError, EOFError)
 
 
 def read(path: PathLike, config: Optional[CLIPConfig] = None, arch: Optional[str] = None,
@@ -91,9 +159,23 @@ def read(path: PathLike, config: Optional[CLIPConfig] = None, arch: Optional[str
 
     ``part`` (``model``, ``text``, ``vision_with_projection``, ``classification`` ...) is what the
     tensors are checked against; OpenAI and open_clip checkpoints are always whole models.
+    Every problem with the file — malformed, hostile or over a limit (``docs/security.md``) — is a
+    :class:`ConversionError` naming the file (a :class:`WeightMismatchError` for well-formed files
+    holding the wrong tensors).
     """
     path = resolve_checkpoint(path)  # a path as is; "default" / cached OpenAI names; else a clear error
     file = weights_file(path) if path.is_dir() else path
+    try:
+        return _read(file, config, arch, part)
+    except (ConversionError, WeightMismatchError, MissingDependencyError):
+        raise
+    except _MALFORMED as err:
+        raise ConversionError(f"{file}: malformed checkpoint ({type(err).__name__}: {str(err)[:200]})") from None
+    except MemoryError:
+        raise ConversionError(f"{file}: ran out of memory while reading the checkpoint") from None
+
+
+def _read(file: Path, config: Optional[CLIPConfig], arch: Optional[str], part: str) -> Checkpoint:
     directory, kind = file.parent, sniff(file)
     if kind in ("hdf5", "msgpack"):
         config = config or _hf_config(directory, file, arch)
@@ -101,6 +183,8 @@ def read(path: PathLike, config: Optional[CLIPConfig] = None, arch: Optional[str
         weights = reader(file, config, part)
         fmt = "hf-tf" if kind == "hdf5" else "hf-flax"
     elif kind in ("zip", "safetensors", "index", "pickle"):
+        if kind == "index":
+            _check_index(file)
         sub, tensors = read_sharded(file) if kind == "index" else read_tensor_file(file)
         if tensors and all(n.startswith("module.") for n in tensors):  # saved from DataParallel / DDP
             tensors = {n[len("module."):]: a for n, a in tensors.items()}
@@ -130,8 +214,19 @@ def load_checkpoint(path: PathLike, config: Optional[CLIPConfig] = None, *, arch
     C-contiguous (copy-on-write views of the file where possible).
     """
     ckpt = read(path, config, arch, part)
+    _check_finite(ckpt.weights, path)
     return ckpt.config, {k: v if v.flags.c_contiguous else np.ascontiguousarray(v)
                          for k, v in ckpt.weights.items()}
+
+
+def _check_finite(weights: Mapping[str, np.ndarray], path: PathLike) -> None:
+    """A model loaded from NaN / Inf weights would only ever print NaN scores: refuse it here, by name."""
+    bad = [name for name, a in weights.items()
+           if np.asarray(a).dtype.kind in "fV" and a.size and not np.isfinite(a).all()]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ConversionError(f"{path}: {len(bad)} tensor(s) hold NaN or Inf values ({shown}); the checkpoint is "
+                              f"corrupt or was saved from a diverged run")
 
 
 def load_for_part(path: PathLike, part: str, config: Optional[CLIPConfig] = None
@@ -148,6 +243,8 @@ def load_for_part(path: PathLike, part: str, config: Optional[CLIPConfig] = None
 
 
 # ----------------------------------------------------------------------------- writing
+
+
 def default_format(path: PathLike) -> str:
     """The output format a destination name implies (``.pt`` -> openai, ``.h5`` -> tf ...)."""
     suffix = Path(path).suffix
@@ -155,7 +252,7 @@ def default_format(path: PathLike) -> str:
 
 
 def _ticker(progress: Optional[Callable[[str], None]]) -> Callable[[str], None]:
-    delay = float(os.environ.get(_SLOW_ENV, "0") or 0)
+    delay = _test_tick_delay
 
     def tick(name: str) -> None:
         if progress:
@@ -166,26 +263,6 @@ def _ticker(progress: Optional[Callable[[str], None]]) -> Callable[[str], None]:
     return tick
 
 
-def _into_directory(target: Path, fill: Callable[[Path], None]) -> None:
-    """Fill a new directory atomically (temp dir + rename); an existing one file by file (each atomic)."""
-    if target.exists():
-        if not target.is_dir():
-            raise ConversionError(f"{target} exists and is not a directory")
-        fill(target)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
-        from clip_core.io import dir_mode
-
-        os.chmod(tmp, dir_mode())  # mkdtemp makes 0o700; the result should look like any new directory
-        fill(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_checkpoint(path: PathLike, config: CLIPConfig, weights: Mapping[str, np.ndarray], format: str = "canonical",
                     dtype: Optional[str] = None, progress: Optional[Callable[[str], None]] = None,
                     part: str = "model") -> Path:
@@ -193,7 +270,9 @@ def save_checkpoint(path: PathLike, config: CLIPConfig, weights: Mapping[str, np
 
     The weights are checked against ``part`` of ``config`` first; nothing is written if they do not
     match. A part other than ``model`` can be written as canonical / hf / flax only.
-    Every file is written atomically; a new directory appears only once complete.
+    Every file is written atomically, a folder all-or-nothing (a new one appears only once complete,
+    an existing one is swapped for the new one: :func:`~conversion.folders.into_directory`); what killed writes of
+    ``path`` left beside it is cleaned up first (:func:`clean_beside`).
     """
     if format not in FORMATS:
         raise ConversionError(f"unknown output format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -205,25 +284,27 @@ def save_checkpoint(path: PathLike, config: CLIPConfig, weights: Mapping[str, np
         raise ConversionError(f"only a whole CLIP model can be written as {format!r}, not the {part!r} part")
     path, tick = Path(path), _ticker(progress)
     if format in ("canonical", "hf"):
-        _into_directory(path, lambda d: _together(
+        into_directory(path, lambda d: _together(
             lambda: write_safetensors(d / "model.safetensors", weights, dtype=dtype, progress=tick),
             lambda: write_extras(d, config)))
     elif format == "open_clip":
-        _into_directory(path, lambda d: _write_open_clip(d, config, weights, dtype, tick))
+        into_directory(path, lambda d: _write_open_clip(d, config, weights, dtype, tick))
     elif format == "openai":
         if config.text_config.hidden_act != "quick_gelu":
             raise ConversionError(f"an OpenAI checkpoint always means QuickGELU, this model uses "
                                   f"{config.text_config.hidden_act!r}; write the open_clip format instead")
         _warn_if_not_openai_shaped(config)
+        clean_beside(path)
         write_torch_zip(path, canonical_to_openai(weights, config), dtype=dtype, archive=path.stem or "archive",
                         progress=tick, extra_records={CONFIG_RECORD: config.to_json_string().encode("utf-8")})
     else:
         writer, name = (write_tf_h5, "tf_model.h5") if format == "tf" else (write_flax_msgpack, "flax_model.msgpack")
         kwargs = dict(dtype=dtype, progress=tick, part=part, num_labels=num_labels)
         if path.suffix in (".h5", ".msgpack"):
+            clean_beside(path)
             writer(path, config, weights, **kwargs)
         else:
-            _into_directory(path, lambda d: _together(lambda: writer(d / name, config, weights, **kwargs),
+            into_directory(path, lambda d: _together(lambda: writer(d / name, config, weights, **kwargs),
                                                       lambda: write_extras(d, config)))
     return path
 
@@ -255,4 +336,3 @@ def _write_open_clip(directory: Path, config: CLIPConfig, weights: Mapping, dtyp
     write_safetensors(directory / oc.WEIGHT_NAMES[0], canonical_to_openai(weights, config), dtype=dtype, progress=tick)
     blob = json.dumps(oc.config_to_open_clip(config), indent=2) + "\n"
     atomic_write_bytes(directory / oc.CONFIG_NAME, blob.encode("utf-8"))
-

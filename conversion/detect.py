@@ -34,6 +34,8 @@ def weights_file(directory: Path) -> Path:
 
 def sniff(path: Path) -> str:
     """``zip``, ``safetensors``, ``hdf5``, ``msgpack``, ``index`` (sharded JSON), ``pickle`` or ``unknown``."""
+    if not path.is_file():  # a FIFO or device would block or never end
+        raise ConversionError(f"{path}: not a regular file")
     with open(path, "rb") as fh:
         head = fh.read(16)
     if head[:4] == ZIP_MAGIC:

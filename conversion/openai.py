@@ -69,7 +69,18 @@ def _shape(sd: Mapping[str, np.ndarray], name: str, source: str) -> tuple:
 
 def infer_config(sd: Mapping[str, np.ndarray], source: str = "checkpoint",
                  hidden_act: str = "quick_gelu") -> CLIPConfig:
-    """The :class:`CLIPConfig` an OpenAI-named state dict describes (``build_model``'s rules)."""
+    """The :class:`CLIPConfig` an OpenAI-named state dict describes (``build_model``'s rules); shapes that
+    describe no valid architecture are a :class:`ConversionError` naming ``source``."""
+    try:
+        return _infer_config(sd, source, hidden_act)
+    except ConversionError:
+        raise
+    except (IndexError, ValueError, TypeError, ZeroDivisionError, OverflowError) as err:
+        raise ConversionError(f"{source}: the tensor shapes describe no valid CLIP architecture "
+                              f"({type(err).__name__}: {str(err)[:200]})") from None
+
+
+def _infer_config(sd: Mapping[str, np.ndarray], source: str, hidden_act: str) -> CLIPConfig:
     names = list(sd)
     embed = _shape(sd, "text_projection", source)[1]
     ctx, width = _shape(sd, "positional_embedding", source)
@@ -108,6 +119,11 @@ def _special_tokens(vocab: int) -> dict:
 
 def openai_to_canonical(sd: Mapping[str, np.ndarray], config: CLIPConfig, source: str) -> dict[str, np.ndarray]:
     """OpenAI / open_clip names -> canonical (views; strict about unknown names)."""
+    for name, a in sd.items():
+        if name.endswith("in_proj_weight") or name.endswith("in_proj_bias"):
+            if np.ndim(a) == 0 or np.shape(a)[0] % 3:
+                raise ConversionError(f"{source}: tensor {name!r} of shape {np.shape(a)} is not a fused q/k/v "
+                                      f"projection (its first dimension must be a multiple of 3)")
     return to_canonical(sd, OPENAI_NAMES, "resnet" if config.is_resnet else "vit", source, IGNORED)
 
 

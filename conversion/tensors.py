@@ -1,4 +1,5 @@
-"""dtype names shared by every format: torch storages, safetensors codes, output-dtype option."""
+"""dtype names shared by every format: torch storages, safetensors codes, output-dtype option —
+and the size limits every reader enforces on untrusted files (see ``docs/security.md``)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,58 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-__all__ = ["np_dtype", "dtype_name", "cast", "OUTPUT_DTYPES", "TORCH_STORAGES", "SAFETENSORS_CODES", "as_bytes"]
+from .errors import ConversionError
+
+__all__ = ["np_dtype", "dtype_name", "cast", "OUTPUT_DTYPES", "TORCH_STORAGES", "SAFETENSORS_CODES", "as_bytes",
+           "TENSOR_DTYPES", "LimitExceededError", "ExternalReferenceError", "MAX_NDIM", "MAX_TENSOR_BYTES",
+           "MAX_TENSORS", "MAX_COMPRESSION_RATIO", "MAX_NAME_CHARS", "checked_nbytes", "check_name"]
+
+# ----------------------------------------------------------------------------- limits on untrusted files
+#: Dimensions of one tensor (torch and HDF5 allow 32 at most too).
+MAX_NDIM = 32
+#: Bytes of one tensor / storage / dataset (the largest CLIP tensor, ViT-bigG's token embedding, is 253 MB).
+MAX_TENSOR_BYTES = 4 * 2 ** 30
+#: Tensors in one file.
+MAX_TENSORS = 100_000
+#: Characters of one tensor name.
+MAX_NAME_CHARS = 1024
+#: Bytes produced by decompression (zip records, HDF5 filters) per stored byte; real weights compress ~1.1x.
+MAX_COMPRESSION_RATIO = 100
+
+
+class LimitExceededError(ConversionError):
+    """A checkpoint declares a size, count or depth beyond clip-zoo's limits (refused before allocating)."""
+
+
+class ExternalReferenceError(ConversionError):
+    """A checkpoint refers to data outside itself (HDF5 external storage / links, virtual datasets)."""
+
+
+def check_name(name: str, where: str) -> str:
+    """``name`` (a tensor / parameter name from a file) if it is printable and at most
+    :data:`MAX_NAME_CHARS` long; control characters (terminal escape sequences) are refused."""
+    if len(name) > MAX_NAME_CHARS:
+        raise LimitExceededError(f"{where}: a name longer than {MAX_NAME_CHARS} characters ({name[:60]!r}...)")
+    if not name.isprintable():
+        raise ConversionError(f"{where}: name {name[:80]!r} contains control or non-printable characters")
+    return name
+
+
+def checked_nbytes(shape, dtype: np.dtype, what: str, limit: int = MAX_TENSOR_BYTES) -> int:
+    """``prod(shape) * itemsize`` in exact integers, for a shape already known to hold non-negative ints;
+    :class:`LimitExceededError` (naming ``what``) above ``limit`` or beyond :data:`MAX_NDIM` dimensions."""
+    if len(shape) > MAX_NDIM:
+        raise LimitExceededError(f"{what} has {len(shape)} dimensions (at most {MAX_NDIM} are allowed)")
+    n = int(np.dtype(dtype).itemsize)
+    for d in shape:
+        if d > limit:
+            raise LimitExceededError(f"{what} has a dimension of {d:,} elements (shape {tuple(shape)}), above the "
+                                     f"limit of {limit:,}")
+        n *= int(d)
+    if n > limit:
+        raise LimitExceededError(f"{what} would take {n:,} bytes (shape {tuple(shape)}), above the limit of "
+                                 f"{limit:,} bytes per tensor")
+    return n
 
 #: torch storage class name -> numpy dtype name
 TORCH_STORAGES = {
@@ -23,6 +75,8 @@ SAFETENSORS_CODES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
     "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
 }
+#: every numpy dtype name a tensor may have in any format (no object, string, compound or void dtypes)
+TENSOR_DTYPES = frozenset(TORCH_STORAGES.values()) | {"uint16", "uint32", "uint64"}
 #: --dtype option -> numpy dtype name
 OUTPUT_DTYPES = {"fp32": "float32", "float32": "float32", "fp16": "float16", "float16": "float16",
                  "bf16": "bfloat16", "bfloat16": "bfloat16"}
