@@ -57,7 +57,14 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "(the bundled model)")
     p.add_argument("--framework", default=None,
                    help="torch, flax or tf (default: $CLIP_ZOO_FRAMEWORK, else the first installed of torch, flax, tf)")
-    p.add_argument("--threads", type=int, default=None, help="threads for the framework and the image loader")
+    from .engines import threads_arg
+    from .images import DEFAULT_MAX_PIXELS, max_pixels_arg
+
+    p.add_argument("--threads", type=threads_arg, default=None,
+                   help="threads for the framework and the image loader (1 to 4 per CPU)")
+    p.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse images with more pixels than N, before or after resizing "
+                        f"(default {DEFAULT_MAX_PIXELS:,})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -38,24 +39,51 @@ def _print_table(path: str, labels, idx, probs) -> None:
         print(f"  {rank:>2}. {labels[i]:<{width}}  {100 * p:6.2f}%")
 
 
+def _labels_and_templates(args: argparse.Namespace) -> tuple[list[str], tuple[str, ...]]:
+    """``--labels`` and ``--templates``, read as UTF-8 (a file's bad byte is named with its offset)."""
+    from clip_core import zero_shot as zs
+
+    from .inputs import check_utf8, read_utf8
+
+    spec = check_utf8(args.labels, "the --labels value")
+    if "," not in spec and Path(spec).is_file():  # as zs.parse_labels: a file with one label a line
+        spec = read_utf8(spec, "labels file").splitlines()
+    name = check_utf8(args.templates, "the --templates value")
+    if name not in zs.TEMPLATE_SETS and Path(name).is_file():
+        read_utf8(name, "templates file")
+    try:
+        return zs.parse_labels(spec), zs.get_templates(name)
+    except ValueError as err:
+        raise CLIZooError(str(err)) from None
+
+
+def check_finite(values: np.ndarray, what) -> np.ndarray:
+    """``values``, or an error when the model gave NaN/Inf (``what``: the items, or a callable of a row)."""
+    bad = ~np.isfinite(np.asarray(values)).reshape(len(values), -1).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        item = what(first) if callable(what) else what
+        raise CLIZooError(f"the model produced non-finite outputs (NaN/Inf) for {item}; the checkpoint's weights "
+                          "may be corrupt, check them or use another --model")
+    return values
+
+
 def run(args: argparse.Namespace) -> int:
     from clip_core import zero_shot as zs
 
-    from .engines import load_encoder
+    from .engines import check_threads, load_encoder
     from .images import ImageLoader
     from .inputs import expand_images
 
-    try:
-        labels = zs.parse_labels(args.labels)
-        templates = zs.get_templates(args.templates)
-    except ValueError as err:
-        raise CLIZooError(str(err)) from None
+    labels, templates = _labels_and_templates(args)
     if args.top_k < 1 or args.batch_size < 1:
         raise CLIZooError("--top-k and --batch-size must be at least 1, pass a positive number")
+    check_threads(args.threads)
     paths = expand_images(args.images)
     encoder = load_encoder(args.model, args.framework, args.threads)
     weights = zs.build_zero_shot_weights(encoder.encode_texts, labels, templates)  # (D, L)
-    loader = ImageLoader(encoder.processor, args.threads)
+    check_finite(np.asarray(weights).T, lambda i: f"the prompts of label {labels[i]!r}")
+    loader = ImageLoader(encoder.processor, args.threads, max_pixels=getattr(args, "max_pixels", None))
     results, failed = [], 0
     try:
         for start in range(0, len(paths), args.batch_size):
@@ -66,7 +94,9 @@ def run(args: argparse.Namespace) -> int:
             failed += len(errors)
             if pixels is None:
                 continue
-            probs = zs.softmax(zs.zero_shot_logits(encoder.encode_images(pixels), weights, LOGIT_SCALE))
+            embeds = check_finite(encoder.encode_images(pixels), lambda r: f"image {batch[ok[r]]}")
+            probs = check_finite(zs.softmax(zs.zero_shot_logits(embeds, weights, LOGIT_SCALE)),
+                                 lambda r: f"image {batch[ok[r]]}")
             idx, val = zs.top_k(probs, args.top_k)
             for row, i in enumerate(ok):
                 results.append((batch[i], idx[row], val[row]))
@@ -77,6 +107,6 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         out = [{"image": path, "predictions": [{"label": labels[int(i)], "probability": round(float(p), 6)}
                                                for i, p in zip(idx, val)]} for path, idx, val in results]
-        json.dump(out, sys.stdout, indent=2)
+        json.dump(out, sys.stdout, indent=2, allow_nan=False)
         print()
     return 1 if failed else 0

@@ -21,12 +21,46 @@ from .console import import_framework
 from .errors import CLIZooError
 
 __all__ = ["FRAMEWORKS", "installed_frameworks", "resolve_framework", "resolve_model", "load_encoder", "Encoder",
-           "early_processor"]
+           "early_processor", "max_threads", "check_threads", "threads_arg"]
 
 FRAMEWORKS = ("torch", "flax", "tf")  # default preference order
 _MODULES = {"torch": ("torch", "clip_torch"), "flax": ("flax", "clip_flax"), "tf": ("tensorflow", "clip_tf")}
 _ALIASES = {"pytorch": "torch", "jax": "flax", "tensorflow": "tf", "keras": "tf"}
 ENV_FRAMEWORK = "CLIP_ZOO_FRAMEWORK"
+
+
+def max_threads() -> int:
+    """The most ``--threads`` accepted: 4 per CPU (far more only makes OpenMP fail or crash)."""
+    return 4 * (os.cpu_count() or 1)
+
+
+def _threads_problem(threads: int) -> Optional[str]:
+    if 1 <= threads <= max_threads():
+        return None
+    return (f"must be between 1 and {max_threads()} (4 x {os.cpu_count() or 1} CPUs), got {threads}")
+
+
+def threads_arg(text: str) -> int:
+    """argparse type of ``--threads``: a whole number in 1 ... :func:`max_threads`."""
+    import argparse
+
+    try:
+        threads = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    problem = _threads_problem(threads)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return threads
+
+
+def check_threads(threads: Optional[int]) -> Optional[int]:
+    """``threads`` (``None`` = the default), or a :class:`CLIZooError` when out of 1 ... :func:`max_threads`."""
+    if threads is not None:
+        problem = _threads_problem(int(threads))
+        if problem:
+            raise CLIZooError(f"--threads {problem}, pass a number in that range")
+    return threads
 
 
 def _installed(name: str) -> bool:
@@ -237,6 +271,7 @@ def load_encoder(model: Optional[str] = None, framework: Optional[str] = None,
     """Resolve ``model`` and ``framework`` and load the encoder (errors are :class:`CLIZooError`).
 
     ``processor``: an image processor already built for this checkpoint (see :func:`early_processor`)."""
+    threads = check_threads(threads)
     name = resolve_framework(framework)
     path = resolve_model(model)
     return _ENCODERS[name](path, threads, processor)

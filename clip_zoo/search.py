@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -25,30 +26,33 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def _encode_query(encoder, query: str) -> tuple[np.ndarray, str]:
+def _encode_query(encoder, query: str, max_pixels: Optional[int] = None) -> tuple[np.ndarray, str]:
+    from .classify import check_finite
     from .images import ImageLoader
-    from .inputs import is_image_name
+    from .inputs import check_utf8, is_image_name
 
     if Path(query).is_file() and is_image_name(query):
-        loader = ImageLoader(encoder.processor, 1)
+        loader = ImageLoader(encoder.processor, 1, max_pixels=max_pixels)
         try:
             pixels, _, errors = loader.collect([query], loader.submit([query]))
         finally:
             loader.close()
         if pixels is None:
             raise CLIZooError(f"cannot read query image {query} ({errors[0]}), check the file")
-        return encoder.encode_images(pixels)[0], "image"
+        return check_finite(encoder.encode_images(pixels), f"the query image {query}")[0], "image"
     if not query.strip():
         raise CLIZooError("the query is empty, pass a text or an image file")
-    return encoder.encode_texts([query])[0], "text"
+    check_utf8(query, "the query")
+    return check_finite(encoder.encode_texts([query]), f"the query {query!r}")[0], "text"
 
 
 def run(args: argparse.Namespace) -> int:
     from .embed import read_embeddings
-    from .engines import load_encoder
+    from .engines import check_threads, load_encoder
 
     if args.top_k < 1:
         raise CLIZooError("--top-k must be at least 1, pass a positive number")
+    check_threads(args.threads)
     emb, index, meta = read_embeddings(args.embeddings)
     rows = [r["row"] for r in index if r["kind"] == "image"] or [r["row"] for r in index]
     if not rows:
@@ -58,12 +62,12 @@ def run(args: argparse.Namespace) -> int:
     if encoder.dim != emb.shape[1]:
         raise CLIZooError(f"the embeddings are {emb.shape[1]}-dimensional but model {model} gives {encoder.dim}, "
                           f"search with the model that made them ({meta.get('model')})")
-    q, _ = _encode_query(encoder, args.query)
+    q, _ = _encode_query(encoder, args.query, getattr(args, "max_pixels", None))
     scores = emb[rows] @ q  # (R,)
     order = np.argsort(-scores, kind="stable")[:args.top_k]
     hits = [{"rank": n + 1, "score": round(float(scores[i]), 6), **index[rows[i]]} for n, i in enumerate(order)]
     if args.json:
-        json.dump(hits, sys.stdout, indent=2)
+        json.dump(hits, sys.stdout, indent=2, allow_nan=False)
         print()
         return 0
     print_hits(hits)

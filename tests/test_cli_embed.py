@@ -3,7 +3,6 @@ equals an uninterrupted run's; a corrupt file and a non-image are reported and s
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -72,8 +71,8 @@ def test_killed_run_resumes_to_the_same_output(tmp_path, folder, model, capsys):
     # Run again in a subprocess, slowed down per shard, and SIGKILL it once some shards exist.
     out = tmp_path / "resumed.npy"
     work = Path(f"{out}.work")
-    env = dict(os.environ, CLIP_ZOO_TEST_SHARD_SLEEP="0.5")
-    proc = subprocess.Popen([sys.executable, "-m", "clip_zoo", *_args(folder, model, out)[0:]], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "hooked.py"), "clip_zoo.embed:_test_shard_pause=0.5",
+                             "-m", "clip_zoo", *_args(folder, model, out)[0:]], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 600

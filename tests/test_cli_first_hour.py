@@ -26,21 +26,12 @@ import pytest
 import clip_zoo
 from clip_zoo import console
 from clip_zoo.__main__ import main
+from cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted(glob.glob(str(ROOT / "examples" / "*.png")))
 SHAPES = "black cross,blue triangle,green star,orange circle,purple cross,white hexagon,yellow star"
 CLASS_NAME = re.compile(r"\b[A-Z]\w*(Error|Exception|Warning)\b")
-
-
-def run_cli(capsys, *argv):
-    """``main(argv)`` in-process → (exit status, stdout, stderr); a SystemExit's code is the status."""
-    try:
-        rc = main([str(a) for a in argv])
-    except SystemExit as exit_:
-        rc = exit_.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def _installed(module: str) -> bool:

@@ -299,9 +299,9 @@ def test_kill_9_mid_write_leaves_nothing_or_previous(tmp_path, dst_name, previou
     if previous:
         conversion.save_checkpoint(dst, config, random_weights(config, seed=9), format="openai")
         before = dst.read_bytes()
-    env = {**os.environ, "CLIP_ZOO_CONVERSION_TEST_SLEEP": "0.05"}
-    proc = subprocess.Popen([sys.executable, "-m", "conversion", str(tmp_path / "src"), str(dst), "--quiet"],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "tests" / "hooked.py"), "conversion.api:_test_tick_delay=0.05",
+                             "-m", "conversion", str(tmp_path / "src"), str(dst), "--quiet"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _wait_for_temp(work, proc)
         proc.send_signal(signal.SIGKILL)
