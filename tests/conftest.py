@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -63,3 +64,23 @@ def tiny_checkpoint(tmp_path, tiny_config):
 
     conversion.save_canonical(tmp_path / "ckpt", tiny_config, random_weights(tiny_config))
     return tmp_path / "ckpt"
+
+
+# ----------------------------------------------------------------------------- test tiers
+# `make test-fast` runs `-m "not fullsize and not slow"`. Full-size checks are recognised by name
+# (ViT-B/32, RN50, "fullsize" / "full_size"), so a new one joins the tier without a marker; the slow
+# list holds the remaining tests measured above ~10 s on 2 cores (training loops, compile, kill loops).
+_FULLSIZE_NAME = re.compile(r"fullsize|full_size|vit_b32|rn50|RN50|ViT-B/32|ViT-B-32")
+_SLOW = {"test_mirrored_strategy_on_logical_cpus", "test_fit_reduces_loss", "test_torch_compile",
+         "test_backends_agree_on_random_architectures", "test_kill_9_during_convert_into_an_existing_folder",
+         "test_data_parallel_mesh_matches_single_device", "test_train_step_reduces_contrastive_loss",
+         "test_dropout_uses_the_rng", "test_classify_prints_no_framework_noise", "test_command_passes_and_json_validates",
+         "test_killed_run_resumes_to_the_same_output"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _FULLSIZE_NAME.search(item.nodeid) and item.get_closest_marker("fullsize") is None:
+            item.add_marker(pytest.mark.fullsize)
+        if item.originalname in _SLOW or item.module.__name__.endswith("test_training_script"):
+            item.add_marker(pytest.mark.slow)
