@@ -531,8 +531,19 @@ class CLIPImageProcessor:
 
     @classmethod
     def from_pretrained(cls, directory: Union[str, os.PathLike], **overrides: Any) -> "CLIPImageProcessor":
-        """Read ``preprocessor_config.json`` from ``directory`` (or the file itself)."""
+        """Read ``preprocessor_config.json`` from ``directory`` (or the file itself); ``directory`` may also
+        be a name: ``"default"`` or a Hugging Face id in the local cache (see ``resolve_checkpoint``)."""
+        from .default_model import ModelNotFoundError, NotInHubCacheError, resolve_checkpoint
+
+        revision, cache_dir = overrides.pop("revision", None), overrides.pop("cache_dir", None)
         path = Path(directory)
+        if not path.exists():
+            try:
+                path = resolve_checkpoint(directory, revision=revision, cache_dir=cache_dir)
+            except NotInHubCacheError:
+                raise
+            except ModelNotFoundError:  # not a name either: report the missing file below
+                pass
         path = path / CONFIG_NAME if path.is_dir() else path
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_NAME} at {os.fspath(directory)!r}")

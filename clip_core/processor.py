@@ -102,7 +102,10 @@ class CLIPProcessor:
         """Load the tokenizer files and ``preprocessor_config.json`` from one directory."""
         from .tokenizer import CLIPTokenizer
 
-        directory = os.fspath(directory)
+        from .default_model import resolve_checkpoint  # "default", a Hugging Face id in the local cache
+
+        revision, cache_dir = image_kwargs.pop("revision", None), image_kwargs.pop("cache_dir", None)
+        directory = os.fspath(resolve_checkpoint(directory, revision=revision, cache_dir=cache_dir))
         if not os.path.isdir(directory):
             raise FileNotFoundError(f"processor directory not found: {directory!r}")
         return cls(CLIPTokenizer.from_pretrained(directory),

@@ -398,7 +398,10 @@ class CLIPTokenizer:
         ``pad_token`` and ``model_max_length`` come from ``tokenizer_config.json`` /
         ``special_tokens_map.json`` (as transformers reads them) unless given in ``kwargs``.
         """
-        directory = os.fspath(directory)
+        from .default_model import resolve_checkpoint  # "default", a Hugging Face id in the local cache
+
+        revision, cache_dir = kwargs.pop("revision", None), kwargs.pop("cache_dir", None)
+        directory = os.fspath(resolve_checkpoint(directory, revision=revision, cache_dir=cache_dir))
         config = _read_json(os.path.join(directory, "tokenizer_config.json"))
         tokens_map = _read_json(os.path.join(directory, "special_tokens_map.json"))
         pad = _token_content(config.get("pad_token")) or _token_content(tokens_map.get("pad_token")) or EOS

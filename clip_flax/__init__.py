@@ -5,7 +5,7 @@ from .models import (CLIPForImageClassification, CLIPModel, CLIPTextModel, CLIPT
                      CLIPVisionModel, CLIPVisionModelWithProjection, FlaxCLIPForImageClassification,
                      FlaxCLIPModel, FlaxCLIPPreTrainedModel, FlaxCLIPTextModel, FlaxCLIPTextModelWithProjection,
                      FlaxCLIPVisionModel, FlaxCLIPVisionModelWithProjection)
-from .modules import contrastive_loss
+from .modules import clip_loss, contrastive_loss
 from .training import loss_fn, make_train_step, train_step
 from . import sharding
 from .openai_api import available_models, load, tokenize
@@ -14,6 +14,6 @@ __all__ = [
     "CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPVisionModel",
     "CLIPVisionModelWithProjection", "CLIPForImageClassification", "FlaxCLIPModel", "FlaxCLIPTextModel",
     "FlaxCLIPTextModelWithProjection", "FlaxCLIPVisionModel", "FlaxCLIPVisionModelWithProjection",
-    "FlaxCLIPForImageClassification", "FlaxCLIPPreTrainedModel", "contrastive_loss", "loss_fn",
+    "FlaxCLIPForImageClassification", "FlaxCLIPPreTrainedModel", "clip_loss", "contrastive_loss", "loss_fn",
     "make_train_step", "train_step", "sharding", "load", "tokenize", "available_models",
 ]

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -16,8 +15,9 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from clip_core.config import CLIPConfig, as_clip_config, num_labels_of
-from clip_core.schema import from_backend, schema, to_backend
+from clip_core.backend_shared import finish, init_weights, load_pretrained, output_flags, select_part
+from clip_core.config import as_clip_config, num_labels_of, with_labels
+from clip_core.schema import from_backend, to_backend
 
 from . import modules as M
 from .text_speed import trim_text_inputs
@@ -35,44 +35,40 @@ def unflatten(flat: dict[str, Any]) -> dict:
     return traverse_util.unflatten_dict(dict(flat), sep="/")
 
 
+_JIT_CACHE: dict = {}  # (module, method, static flags) -> jitted apply, shared by equal models
+
+
 class FlaxCLIPPreTrainedModel:
-    """Shared machinery: init, params / batch_stats, jit cache, from_pretrained / save_pretrained."""
+    """Shared machinery: params / batch_stats, jit cache, from_pretrained / save_pretrained."""
 
     module_class: type = None  # type: ignore[assignment]
     part: str = "model"
-    uses_text = True
-    uses_vision = True
 
-    def __init__(self, config: Any, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32, seed: int = 0,
-                 _do_init: bool = True, num_labels: Optional[int] = None):
+    def __init__(self, config: Any, input_shape: Any = None, seed: int = 0, dtype: Any = jnp.float32,
+                 _do_init: bool = True, *, param_dtype: Any = jnp.float32, num_labels: Optional[int] = None):
+        """transformers' ``FlaxCLIPModel(config, input_shape, seed, dtype, _do_init)``: ``dtype`` is the compute
+        dtype, ``param_dtype`` the parameters'; ``input_shape`` is accepted and unused (shapes come from the
+        config). With ``_do_init`` the parameters are drawn by transformers' rules from ``seed``
+        (:func:`clip_core.backend_shared.init_weights`)."""
         self.config = as_clip_config(config)
-        self.dtype, self.param_dtype = dtype, param_dtype
-        self.num_labels = num_labels or num_labels_of(self.config) if self.part == "classification" else None
+        self.dtype, self.param_dtype = dtype or jnp.float32, param_dtype
+        self.num_labels = (num_labels or num_labels_of(self.config)) if self.part == "classification" else None
         kwargs = {"num_labels": self.num_labels} if self.part == "classification" else {}
-        self.module = self.module_class(self.config, dtype=dtype, param_dtype=param_dtype, **kwargs)
+        self.module = self.module_class(self.config, dtype=self.dtype, param_dtype=param_dtype, **kwargs)
         self._jit_cache: dict = {}
         self.params: dict = {}
         self.batch_stats: dict = {}
         if _do_init:
-            variables = self.init_weights(jax.random.PRNGKey(seed))
-            self.params = variables["params"]
-            self.batch_stats = variables.get("batch_stats", {})
+            self.load_canonical(init_weights(self.config, self.part, self.num_labels, seed=seed))
 
     # ------------------------------------------------------------------ variables
-    def dummy_inputs(self) -> tuple:
-        """Inputs for ``module.init`` in this module's positional order."""
-        c = self.config
-        ids = jnp.ones((1, c.text_config.max_position_embeddings), jnp.int32)
-        v = c.vision_config
-        pix = jnp.zeros((1, v.num_channels, v.image_size, v.image_size), jnp.float32)
-        if self.uses_text and self.uses_vision:
-            return ids, pix
-        return (ids,) if self.uses_text else (pix,)
-
-    def init_weights(self, rng: jax.Array) -> dict:
-        """Fresh random variables ``{'params': ..., 'batch_stats': ...}`` (jitted init)."""
-        init = jax.jit(lambda r, *a: self.module.init({"params": r, "dropout": r}, *a))
-        return jax.tree_util.tree_map(lambda x: x, dict(init(rng, *self.dummy_inputs())))
+    def init_weights(self, rng: jax.Array, input_shape: Any = None, params: Optional[dict] = None) -> dict:
+        """Fresh random variables ``{'params': ..., 'batch_stats': ...}`` drawn from ``rng`` (transformers' rules)."""
+        typed = jnp.issubdtype(rng.dtype, jax.dtypes.prng_key)
+        seed = int(np.asarray(jax.random.key_data(rng) if typed else rng).ravel()[-1])
+        flat = to_backend(init_weights(self.config, self.part, self.num_labels, seed=seed), self.config, "flax",
+                          self.part, self.num_labels)
+        return unflatten({k: jnp.asarray(v, self.param_dtype) for k, v in flat.items()})
 
     def variables(self, params: Optional[dict] = None, batch_stats: Optional[dict] = None) -> dict:
         out = {"params": self.params if params is None else params}
@@ -91,21 +87,24 @@ class FlaxCLIPPreTrainedModel:
         self.params = tree.get("params", {})
         self.batch_stats = tree.get("batch_stats", {})
 
-    def _schema_kwargs(self) -> dict:
-        return {"num_labels": self.num_labels} if self.part == "classification" else {}
+    def load_canonical(self, weights: dict, source: str = "weights") -> None:
+        """Install canonical ``{name: array}`` weights (tensors of other parts dropped; strict otherwise)."""
+        weights = select_part(weights, self.config, self.part, self.num_labels)
+        self.load_flat(to_backend(weights, self.config, "flax", self.part, self.num_labels, source=source))
 
     # ------------------------------------------------------------------ jitted apply
     def _jitted(self, method: Optional[str], **static: Any):
-        """``fn(variables, rngs, *args)`` for ``module.<method>`` with ``static`` fixed; cached."""
-        key = (method, tuple(sorted(static.items())))
-        fn = self._jit_cache.get(key)
+        """``fn(variables, rngs, *args)`` for ``module.<method>`` with ``static`` fixed; cached per equal
+        module (same config and dtypes), so a model loaded again reuses the compiled functions."""
+        key = (self.module, method, tuple(sorted(static.items())))
+        fn = _JIT_CACHE.get(key)
         if fn is None:
             module = self.module
 
             def run(variables, rngs, *args):
                 return module.apply(variables, *args, rngs=rngs, method=method, **static)
 
-            fn = self._jit_cache[key] = jax.jit(run)
+            fn = _JIT_CACHE[key] = jax.jit(run)
         return fn
 
     def _apply(self, method: Optional[str], args: tuple, params=None, batch_stats=None, train: bool = False,
@@ -118,61 +117,44 @@ class FlaxCLIPPreTrainedModel:
 
     # ------------------------------------------------------------------ loading / saving
     @classmethod
-    def from_pretrained(cls, path: PathLike, dtype: Any = jnp.float32, param_dtype: Any = jnp.float32,
-                        config: Optional[CLIPConfig] = None, num_labels: Optional[int] = None,
-                        init_missing_classifier: bool = False, seed: int = 0):
-        """Load any checkpoint ``conversion.load_checkpoint`` reads (strict, named diff on mismatch).
+    def from_pretrained(cls, path: PathLike, *, config: Any = None, dtype: Any = None,
+                        num_labels: Optional[int] = None, **kwargs: Any):
+        """Load any checkpoint ``conversion`` reads (strict, named diff on mismatch) by path, ``"default"``, an
+        OpenAI name or a Hugging Face id in the local cache.
 
-        Tensors of the other tower in a full checkpoint are dropped; anything else unexpected,
-        missing or mis-shaped raises ``clip_core.WeightMismatchError``. For
-        ``CLIPForImageClassification`` a checkpoint without ``classifier.*`` is an error unless
-        ``init_missing_classifier=True`` (then the classifier is randomly initialised, with a warning).
+        ``dtype`` is the compute dtype (default float32), ``param_dtype`` the parameters' (float32);
+        ``_do_init=False`` returns ``(model, params)`` as transformers does; ``seed`` / ``input_shape`` are
+        accepted; transformers' loader arguments (``num_labels``, ``from_pt``, ``revision`` ...) as in
+        :func:`clip_core.backend_shared.load_pretrained`.
         """
-        import conversion
-
-        cfg, weights = conversion.load_for_part(path, cls.part, config)
-        model = cls(cfg, dtype=dtype, param_dtype=param_dtype, _do_init=False, num_labels=num_labels)
-        kwargs = model._schema_kwargs()
-        wanted = schema(cfg, cls.part, **kwargs)
-        known = set(schema(cfg, "model")) | set(wanted)
-        weights = {k: v for k, v in weights.items() if k in wanted or k not in known}
-        fresh = {}
-        if cls.part == "classification" and init_missing_classifier and "classifier.weight" not in weights:
-            warnings.warn(f"{path} has no classifier weights; initialising the classifier randomly")
-            init = model.init_weights(jax.random.PRNGKey(seed))
-            fresh = {k: v for k, v in flatten(init).items() if k.startswith("params/classifier/")}
-            weights = {k: v for k, v in weights.items() if not k.startswith("classifier.")}
-            part_flat = to_backend(weights, cfg, "flax", "vision", source=str(path))
-        else:
-            part_flat = to_backend(weights, cfg, "flax", cls.part, source=str(path), **kwargs)
-        model.load_flat({**part_flat, **{k: np.asarray(v) for k, v in fresh.items()}})
-        return model
+        loaded = load_pretrained(path, cls.part, kwargs, config=config, num_labels=num_labels, cls_name=cls.__name__)
+        return_params = not kwargs.pop("_do_init", True)
+        kwargs.pop("input_shape", None), kwargs.pop("seed", None)
+        param_dtype = kwargs.pop("param_dtype", jnp.float32)
+        if kwargs:
+            raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(kwargs)}")
+        model = cls(loaded.config, dtype=dtype, _do_init=False, param_dtype=param_dtype, num_labels=loaded.num_labels)
+        model.load_canonical(loaded.weights, source=loaded.source)
+        return loaded.result((model, model.params) if return_params else model)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
         """The canonical ``{HF PyTorch name: array}`` dict of this model (float32 numpy)."""
         flat = {k: np.asarray(v, np.float32) for k, v in self.flat_variables().items()}
-        return from_backend(flat, self.config, "flax", self.part, **self._schema_kwargs())
+        return from_backend(flat, self.config, "flax", self.part, self.num_labels)
 
-    def save_pretrained(self, directory: PathLike, format: str = "canonical") -> Path:
-        """Write the canonical directory (``format='canonical'``) or an HF Flax one (``'flax'``:
-        ``config.json`` + ``flax_model.msgpack``)."""
+    def save_pretrained(self, directory: PathLike, *, format: str = "canonical", dtype: Optional[str] = None) -> Path:
+        """Write the canonical directory, or another ``conversion`` format: ``"flax"`` (``config.json`` +
+        ``flax_model.msgpack``, as transformers' Flax classes read it), ``"tf"``, ``"openai"``, ``"open_clip"``
+        (towers: canonical / hf / flax). ``dtype``: None, "fp16" or "bf16"."""
         import conversion
 
-        directory = Path(directory)
-        if format == "flax":
-            return self.save_msgpack(directory)
-        if format != "canonical":
-            raise ValueError(f"unknown format {format!r}; expected 'canonical' or 'flax'")
-        conversion.save_checkpoint(directory, self.config, self.canonical_weights(), part=self.part)
-        return directory
+        config = with_labels(self.config, self.num_labels) if self.num_labels else self.config
+        return Path(conversion.save_checkpoint(directory, config, self.canonical_weights(), format=format,
+                                               dtype=dtype, part=self.part))
 
     def save_msgpack(self, directory: PathLike) -> Path:
-        """``config.json`` + ``flax_model.msgpack`` loadable by transformers' ``FlaxCLIPModel`` (or the
-        tower / classification class of this model's part), written by ``conversion``."""
-        import conversion
-
-        conversion.save_checkpoint(directory, self.config, self.canonical_weights(), format="flax", part=self.part)
-        return Path(directory)
+        """``save_pretrained(directory, format="flax")``."""
+        return self.save_pretrained(directory, format="flax")
 
     def num_parameters(self) -> int:
         return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(self.params)))
@@ -195,35 +177,14 @@ def _is_image_batch(x: Any) -> bool:
     return a.ndim == 4 and jnp.issubdtype(a.dtype, jnp.floating)
 
 
-class CLIPModel(FlaxCLIPPreTrainedModel):
-    """Text and vision towers, projections and ``logit_scale`` (HF ``FlaxCLIPModel`` semantics).
-
-    Also the OpenAI-style object: ``encode_image``, ``encode_text`` and ``model(image, text)``.
-    """
-
-    module_class = M.CLIPModule
-    part = "model"
-
-    def __call__(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, params=None,
-                 dropout_rng=None, train: bool = False, output_attentions: bool = False,
-                 output_hidden_states: bool = False, return_loss: bool = False,
-                 interpolate_pos_encoding: bool = False, batch_stats=None, training: Optional[bool] = None,
-                 return_dict: bool = True):
-        if input_ids is not None and pixel_values is not None and _is_image_batch(input_ids) \
-                and not _is_image_batch(pixel_values):  # OpenAI: model(image, text)
-            out = self(input_ids=pixel_values, pixel_values=input_ids, params=params, batch_stats=batch_stats)
-            return out.logits_per_image, out.logits_per_text
-        if input_ids is None or pixel_values is None:
-            raise ValueError("CLIPModel needs both input_ids and pixel_values")
-        out = self._apply(None, (_ids(input_ids), _pix(pixel_values), _ids(attention_mask), _ids(position_ids)),
-                          params, batch_stats, _train_flag(train, training), dropout_rng,
-                          output_attentions=bool(output_attentions), output_hidden_states=bool(output_hidden_states),
-                          return_loss=bool(return_loss), interpolate_pos_encoding=bool(interpolate_pos_encoding))
-        return out if return_dict else out.to_tuple()
+class _TextFeatures:
+    """``get_text_features`` / OpenAI's ``encode_text`` (classes with a text projection)."""
 
     def get_text_features(self, input_ids, attention_mask=None, position_ids=None, params=None, dropout_rng=None,
-                          train: bool = False, trim: bool = True):
-        """Projected (not normalised) pooled text features, (B, projection_dim).
+                          train: bool = False, output_attentions=None, output_hidden_states=None, return_dict=None,
+                          trim: bool = True):
+        """Projected (not normalised) pooled text features, (B, projection_dim). The flags are accepted for
+        transformers' signature and change nothing.
 
         With ``trim`` (default) and concrete ``input_ids``, only the shortest bucketed prefix that
         holds every row's EOT token is computed (exact: the causal mask makes later positions
@@ -234,18 +195,52 @@ class CLIPModel(FlaxCLIPPreTrainedModel):
             ids, mask, pos = trim_text_inputs(ids, mask, pos, self.config.text_config)
         return self._apply("get_text_features", (ids, mask, pos), params, None, train, dropout_rng)
 
+    def encode_text(self, text, params=None):
+        """OpenAI's name for :meth:`get_text_features`."""
+        return self.get_text_features(text, params=params)
+
+
+class _ImageFeatures:
+    """``get_image_features`` / OpenAI's ``encode_image`` (classes with an image embedding)."""
+
     def get_image_features(self, pixel_values, params=None, dropout_rng=None, train: bool = False,
-                           interpolate_pos_encoding: bool = False, batch_stats=None):
-        """Projected (not normalised) image features, (B, projection_dim)."""
+                           output_attentions=None, output_hidden_states=None, interpolate_pos_encoding: bool = False,
+                           return_dict=None, batch_stats=None):
+        """Projected (not normalised) image features, (B, projection_dim). The flags are accepted for
+        transformers' signature and change nothing."""
         return self._apply("get_image_features", (_pix(pixel_values),), params, batch_stats, train, dropout_rng,
                            interpolate_pos_encoding=bool(interpolate_pos_encoding))
 
-    # OpenAI names
     def encode_image(self, image, params=None):
+        """OpenAI's name for :meth:`get_image_features`."""
         return self.get_image_features(image, params=params)
 
-    def encode_text(self, text, params=None):
-        return self.get_text_features(text, params=params)
+
+class CLIPModel(_TextFeatures, _ImageFeatures, FlaxCLIPPreTrainedModel):
+    """Text and vision towers, projections and ``logit_scale`` (HF ``FlaxCLIPModel`` semantics).
+
+    Also the OpenAI-style object: ``encode_image``, ``encode_text`` and ``model(image, text)``.
+    """
+
+    module_class = M.CLIPModule
+    part = "model"
+
+    def __call__(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, params=None,
+                 dropout_rng=None, train: bool = False, return_loss=None, output_attentions=None,
+                 output_hidden_states=None, interpolate_pos_encoding: bool = False, return_dict=None,
+                 batch_stats=None, training: Optional[bool] = None):
+        if input_ids is not None and pixel_values is not None and _is_image_batch(input_ids) \
+                and not _is_image_batch(pixel_values):  # OpenAI: model(image, text)
+            out = self(input_ids=pixel_values, pixel_values=input_ids, params=params, batch_stats=batch_stats)
+            return out.logits_per_image, out.logits_per_text
+        if input_ids is None or pixel_values is None:
+            raise ValueError("CLIPModel needs both input_ids and pixel_values")
+        oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        out = self._apply(None, (_ids(input_ids), _pix(pixel_values), _ids(attention_mask), _ids(position_ids)),
+                          params, batch_stats, _train_flag(train, training), dropout_rng, output_attentions=oa,
+                          output_hidden_states=oh, return_loss=bool(return_loss),
+                          interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        return finish(out, rd)
 
 
 class CLIPTextModel(FlaxCLIPPreTrainedModel):
@@ -253,18 +248,17 @@ class CLIPTextModel(FlaxCLIPPreTrainedModel):
 
     module_class = M.CLIPTextModule
     part = "text"
-    uses_vision = False
 
-    def __call__(self, input_ids, attention_mask=None, position_ids=None, params=None, dropout_rng=None,
-                 train: bool = False, output_attentions: bool = False, output_hidden_states: bool = False,
-                 training: Optional[bool] = None, return_dict: bool = True):
+    def __call__(self, input_ids=None, attention_mask=None, position_ids=None, params=None, dropout_rng=None,
+                 train: bool = False, output_attentions=None, output_hidden_states=None, return_dict=None,
+                 training: Optional[bool] = None):
+        oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         out = self._apply(None, (_ids(input_ids), _ids(attention_mask), _ids(position_ids)), params, None,
-                          _train_flag(train, training), dropout_rng, output_attentions=bool(output_attentions),
-                          output_hidden_states=bool(output_hidden_states))
-        return out if return_dict else out.to_tuple()
+                          _train_flag(train, training), dropout_rng, output_attentions=oa, output_hidden_states=oh)
+        return finish(out, rd)
 
 
-class CLIPTextModelWithProjection(CLIPTextModel):
+class CLIPTextModelWithProjection(_TextFeatures, CLIPTextModel):
     """The text tower + ``text_projection``: ``text_embeds`` (not normalised), states, attentions."""
 
     module_class = M.CLIPTextModelWithProjectionModule
@@ -276,20 +270,18 @@ class CLIPVisionModel(FlaxCLIPPreTrainedModel):
 
     module_class = M.CLIPVisionModule
     part = "vision"
-    uses_text = False
 
-    def __call__(self, pixel_values, params=None, dropout_rng=None, train: bool = False,
-                 output_attentions: bool = False, output_hidden_states: bool = False,
-                 interpolate_pos_encoding: bool = False, batch_stats=None, training: Optional[bool] = None,
-                 return_dict: bool = True):
+    def __call__(self, pixel_values=None, params=None, dropout_rng=None, train: bool = False,
+                 output_attentions=None, output_hidden_states=None, interpolate_pos_encoding: bool = False,
+                 return_dict=None, batch_stats=None, training: Optional[bool] = None):
+        oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         out = self._apply(None, (_pix(pixel_values),), params, batch_stats, _train_flag(train, training),
-                          dropout_rng, output_attentions=bool(output_attentions),
-                          output_hidden_states=bool(output_hidden_states),
+                          dropout_rng, output_attentions=oa, output_hidden_states=oh,
                           interpolate_pos_encoding=bool(interpolate_pos_encoding))
-        return out if return_dict else out.to_tuple()
+        return finish(out, rd)
 
 
-class CLIPVisionModelWithProjection(CLIPVisionModel):
+class CLIPVisionModelWithProjection(_ImageFeatures, CLIPVisionModel):
     """The vision tower + ``visual_projection`` (ViT; a ResNet's attention pool already projects)."""
 
     module_class = M.CLIPVisionModelWithProjectionModule
@@ -301,18 +293,16 @@ class CLIPForImageClassification(FlaxCLIPPreTrainedModel):
 
     module_class = M.CLIPForImageClassificationModule
     part = "classification"
-    uses_text = False
 
-    def __call__(self, pixel_values, labels=None, params=None, dropout_rng=None, train: bool = False,
-                 output_attentions: bool = False, output_hidden_states: bool = False,
-                 interpolate_pos_encoding: bool = False, batch_stats=None, training: Optional[bool] = None,
-                 return_dict: bool = True):
+    def __call__(self, pixel_values=None, labels=None, params=None, dropout_rng=None, train: bool = False,
+                 output_attentions=None, output_hidden_states=None, interpolate_pos_encoding: bool = False,
+                 return_dict=None, batch_stats=None, training: Optional[bool] = None):
+        oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         lab = None if labels is None else jnp.asarray(labels)
         out = self._apply(None, (_pix(pixel_values), lab), params, batch_stats, _train_flag(train, training),
-                          dropout_rng, output_attentions=bool(output_attentions),
-                          output_hidden_states=bool(output_hidden_states),
+                          dropout_rng, output_attentions=oa, output_hidden_states=oh,
                           interpolate_pos_encoding=bool(interpolate_pos_encoding))
-        return out if return_dict else out.to_tuple()
+        return finish(out, rd)
 
 
 FlaxCLIPModel = CLIPModel

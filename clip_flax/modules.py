@@ -35,7 +35,7 @@ def _register_outputs() -> None:
 _register_outputs()
 
 
-def contrastive_loss(logits_per_text: jnp.ndarray) -> jnp.ndarray:
+def clip_loss(logits_per_text: jnp.ndarray) -> jnp.ndarray:
     """Symmetric InfoNCE: mean of the text->image and image->text cross-entropies, labels arange(B)."""
     logits = logits_per_text.astype(jnp.float32)  # (B, B)
     labels = jnp.arange(logits.shape[0])
@@ -44,6 +44,9 @@ def contrastive_loss(logits_per_text: jnp.ndarray) -> jnp.ndarray:
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(lg, axis=-1), labels[:, None], axis=-1))
 
     return (ce(logits) + ce(logits.T)) / 2.0
+
+
+contrastive_loss = clip_loss  # the earlier name, kept as an alias
 
 
 def _vision_tower(config: CLIPConfig, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
@@ -86,7 +89,7 @@ class CLIPModule(Configured):
         image_embeds = _normalize(self._image(v))
         text_embeds = _normalize(self.text_projection(t.pooler_output))
         logits_per_text = jnp.exp(self.logit_scale.astype(jnp.float32)) * text_embeds @ image_embeds.T
-        loss = contrastive_loss(logits_per_text) if return_loss else None
+        loss = clip_loss(logits_per_text) if return_loss else None
         return O.CLIPOutput(loss, logits_per_text.T, logits_per_text, text_embeds, image_embeds, t, v)
 
     def get_text_features(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True):
@@ -107,14 +110,20 @@ class CLIPTextModule(Configured):
 
 
 class CLIPTextModelWithProjectionModule(Configured):
-    @nn.compact
+    def setup(self):
+        self.text_model = CLIPTextTransformer(self.config.text_config, self.dtype, self.param_dtype)
+        self.text_projection = nn.Dense(self.config.projection_dim, use_bias=False, dtype=self.dtype,
+                                        param_dtype=self.param_dtype)
+
     def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True,
                  output_attentions: bool = False, output_hidden_states: bool = False):
-        t = CLIPTextTransformer(self.config.text_config, self.dtype, self.param_dtype, name="text_model")(
-            input_ids, attention_mask, position_ids, deterministic, output_attentions, output_hidden_states)
-        embeds = dense(self.config.projection_dim, self.dtype, self.param_dtype, "text_projection",
-                       use_bias=False)(t.pooler_output)
+        t = self.text_model(input_ids, attention_mask, position_ids, deterministic, output_attentions,
+                            output_hidden_states)
+        embeds = self.text_projection(t.pooler_output)
         return O.CLIPTextModelOutput(embeds, t.last_hidden_state, t.hidden_states, t.attentions)
+
+    def get_text_features(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True):
+        return self.text_projection(self.text_model(input_ids, attention_mask, position_ids, deterministic).pooler_output)
 
 
 class CLIPVisionModule(Configured):
@@ -126,16 +135,26 @@ class CLIPVisionModule(Configured):
 
 
 class CLIPVisionModelWithProjectionModule(Configured):
-    @nn.compact
+    def setup(self):
+        c = self.config
+        self.vision_model = (ModifiedResNet if c.is_resnet else CLIPVisionTransformer)(
+            c.vision_config, self.dtype, self.param_dtype)
+        if not c.is_resnet:
+            self.visual_projection = nn.Dense(c.projection_dim, use_bias=False, dtype=self.dtype,
+                                              param_dtype=self.param_dtype)
+
+    def _image(self, vision_out):
+        return vision_out.pooler_output if self.config.is_resnet else self.visual_projection(vision_out.pooler_output)
+
     def __call__(self, pixel_values, deterministic: bool = True, output_attentions: bool = False,
                  output_hidden_states: bool = False, interpolate_pos_encoding: bool = False):
-        v = _vision_tower(self.config, self.dtype, self.param_dtype)(
-            pixel_values, deterministic, output_attentions, output_hidden_states, interpolate_pos_encoding)
-        embeds = v.pooler_output
-        if not self.config.is_resnet:
-            embeds = dense(self.config.projection_dim, self.dtype, self.param_dtype, "visual_projection",
-                           use_bias=False)(embeds)
-        return O.CLIPVisionModelOutput(embeds, v.last_hidden_state, v.hidden_states, v.attentions)
+        v = self.vision_model(pixel_values, deterministic, output_attentions, output_hidden_states,
+                              interpolate_pos_encoding)
+        return O.CLIPVisionModelOutput(self._image(v), v.last_hidden_state, v.hidden_states, v.attentions)
+
+    def get_image_features(self, pixel_values, deterministic: bool = True, interpolate_pos_encoding: bool = False):
+        return self._image(self.vision_model(pixel_values, deterministic,
+                                             interpolate_pos_encoding=interpolate_pos_encoding))
 
 
 class CLIPForImageClassificationModule(Configured):

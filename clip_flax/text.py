@@ -6,7 +6,6 @@ from typing import Optional
 import jax.numpy as jnp
 import flax.linen as nn
 
-from clip_core.config import CLIPTextConfig
 from clip_core.outputs import BaseModelOutputWithPooling
 
 from .layers import CLIPEncoder, Configured, layer_norm
@@ -20,11 +19,11 @@ def text_attention_mask(attention_mask: Optional[jnp.ndarray], t: int) -> jnp.nd
     return causal & (attention_mask[:, None, None, :] > 0)  # (B, 1, T, T)
 
 
-def eot_positions(input_ids: jnp.ndarray, config: CLIPTextConfig) -> jnp.ndarray:
-    """Index of the pooled token per row: first ``eos_token_id``, or ``argmax(input_ids)`` (legacy)."""
-    if config.legacy_eos_pooling:
+def pool_positions(input_ids: jnp.ndarray, eos_token_id: int, legacy: bool) -> jnp.ndarray:
+    """(B,) index of the pooled token: first ``eos_token_id``, or ``argmax(input_ids)`` (legacy)."""
+    if legacy:
         return jnp.argmax(input_ids, axis=-1)
-    return jnp.argmax((input_ids == config.eos_token_id).astype(jnp.int32), axis=-1)
+    return jnp.argmax((input_ids == eos_token_id).astype(jnp.int32), axis=-1)
 
 
 class CLIPTextEmbeddings(Configured):
@@ -57,5 +56,5 @@ class CLIPTextTransformer(Configured):
         x, hidden, attns = CLIPEncoder(c, self.dtype, self.param_dtype, name="encoder")(
             x, mask, deterministic, output_attentions, output_hidden_states)
         x = layer_norm(x, c.layer_norm_eps, self.dtype, self.param_dtype, "final_layer_norm")  # (B, T, D)
-        pooled = x[jnp.arange(b), eot_positions(input_ids, c)]  # (B, D)
+        pooled = x[jnp.arange(b), pool_positions(input_ids, c.eos_token_id, c.legacy_eos_pooling)]  # (B, D)
         return BaseModelOutputWithPooling(x, pooled, hidden, attns)

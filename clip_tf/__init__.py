@@ -18,7 +18,8 @@ if _keras.config.backend() != "tensorflow":
 
 from .export import export_saved_model  # noqa: E402
 from .models import (CLIPForImageClassification, CLIPModel, CLIPPreTrainedModel, CLIPTextModel,  # noqa: E402
-                     CLIPTextModelWithProjection, CLIPVisionModel, CLIPVisionModelWithProjection, contrastive_loss)
+                     CLIPTextModelWithProjection, CLIPVisionModel, CLIPVisionModelWithProjection, clip_loss,
+                     contrastive_loss)
 from .openai_api import available_models, load, tokenize  # noqa: E402
 
 TFCLIPModel = CLIPModel
@@ -32,6 +33,6 @@ __all__ = [
     "CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPVisionModel", "CLIPVisionModelWithProjection",
     "CLIPForImageClassification", "CLIPPreTrainedModel", "TFCLIPModel", "TFCLIPTextModel",
     "TFCLIPTextModelWithProjection", "TFCLIPVisionModel", "TFCLIPVisionModelWithProjection",
-    "TFCLIPForImageClassification", "contrastive_loss", "export_saved_model", "load", "tokenize",
+    "TFCLIPForImageClassification", "clip_loss", "contrastive_loss", "export_saved_model", "load", "tokenize",
     "available_models",
 ]

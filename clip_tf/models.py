@@ -2,29 +2,31 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from clip_core.config import CLIPConfig, as_clip_config, with_labels
+from clip_core.backend_shared import (finish, load_pretrained, output_flags, select_part, text_bucket,  # noqa: F401
+                                      text_prefix_length)
+from clip_core.config import CLIPConfig, as_clip_config, num_labels_of, with_labels
 from clip_core.outputs import (CLIPOutput, CLIPTextModelOutput, CLIPVisionModelOutput, ImageClassifierOutput)
 from clip_core.schema import from_backend, to_backend
 
-from .checkpoints import read_checkpoint, select_part, write_checkpoint
 from .primitives import Dense, named_variables, param, policy_dtype
 from .resnet import ModifiedResNet
-from .text import CLIPTextTransformer, pool_index
+from .text import CLIPTextTransformer, pool_positions
 from .vision import CLIPVisionTransformer
 
 __all__ = ["CLIPPreTrainedModel", "CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPVisionModel",
-           "CLIPVisionModelWithProjection", "CLIPForImageClassification", "contrastive_loss", "text_bucket"]
+           "CLIPVisionModelWithProjection", "CLIPForImageClassification", "clip_loss", "contrastive_loss", "text_bucket"]
 
 _serializable = keras.saving.register_keras_serializable(package="clip_tf")
 
 
-def contrastive_loss(logits_per_text: tf.Tensor) -> tf.Tensor:
+def clip_loss(logits_per_text: tf.Tensor) -> tf.Tensor:
     """Symmetric CLIP loss: mean of the cross-entropies over texts and images, labels arange(B)."""
     logits = tf.cast(logits_per_text, tf.float32)
     labels = tf.range(tf.shape(logits)[0])
@@ -32,21 +34,13 @@ def contrastive_loss(logits_per_text: tf.Tensor) -> tf.Tensor:
     return (tf.reduce_mean(ce(labels, logits)) + tf.reduce_mean(ce(labels, tf.transpose(logits)))) / 2.0
 
 
-def text_bucket(length: int, max_length: int) -> int:
-    """The compiled sequence length for ``length`` needed tokens: 8, 16, 32, 64, ... capped at ``max_length``."""
-    bucket = 8
-    while bucket < length:
-        bucket *= 2
-    return min(bucket, max_length)
+contrastive_loss = clip_loss  # the earlier name, kept as an alias
+_CONSTRUCTOR_KWARGS = {"data_format", "jit_compile", "name", "trainable"}
 
 
 def _vision_tower(config: CLIPConfig, dtype) -> keras.layers.Layer:
     cls = ModifiedResNet if config.is_resnet else CLIPVisionTransformer
     return cls(config.vision_config, dtype=dtype)
-
-
-def _flag(value: Optional[bool]) -> bool:
-    return bool(value) if value is not None else False
 
 
 class CLIPPreTrainedModel(keras.Model):
@@ -95,6 +89,7 @@ class CLIPPreTrainedModel(keras.Model):
 
     def load_canonical(self, weights: dict, source: str = "weights") -> None:
         """Assign canonical ``{name: array}`` weights (strict: a named diff on any mismatch)."""
+        weights = select_part(weights, self.config, self.part, self.num_labels)
         arrays = to_backend(weights, self.config, "tf", self.part, self.num_labels, source=source)
         index = self.variable_index()
         if set(arrays) != set(index):  # a bug in this package, not in the checkpoint
@@ -109,20 +104,30 @@ class CLIPPreTrainedModel(keras.Model):
         return from_backend(params, self.config, "tf", self.part, self.num_labels)
 
     @classmethod
-    def from_pretrained(cls, path: Union[str, os.PathLike], **kwargs):
-        """Load any checkpoint ``conversion`` reads (canonical, HF safetensors/bin/h5/msgpack, OpenAI,
-        open_clip); tensors of other parts are dropped, anything else missing or extra is an error."""
-        config, weights = read_checkpoint(path, cls.part)
-        model = cls(config, **kwargs)
-        model.load_canonical(select_part(weights, config, cls.part, model.num_labels), source=str(path))
-        return model
+    def from_pretrained(cls, path: Union[str, os.PathLike], *, config: Any = None, dtype=None,
+                        num_labels: Optional[int] = None, **kwargs):
+        """Load any checkpoint ``conversion`` reads (canonical, HF safetensors/bin/h5/msgpack, OpenAI, open_clip)
+        by path, ``"default"``, an OpenAI name or a Hugging Face id in the local cache; tensors of other parts
+        are dropped, anything else missing or extra is an error. ``dtype`` is the Keras dtype policy; the
+        constructor's ``data_format`` / ``jit_compile`` / ``name`` pass through; transformers' loader arguments
+        (``num_labels``, ``from_pt``, ``revision`` ...) as in :func:`clip_core.backend_shared.load_pretrained`."""
+        loaded = load_pretrained(path, cls.part, kwargs, config=config, num_labels=num_labels, cls_name=cls.__name__)
+        unknown = set(kwargs) - _CONSTRUCTOR_KWARGS
+        if unknown:
+            raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(unknown)}")
+        model = cls(loaded.config, dtype=dtype, **kwargs)
+        model.load_canonical(loaded.weights, source=loaded.source)
+        return loaded.result(model)
 
-    def save_pretrained(self, directory: Union[str, os.PathLike], format: str = "canonical", dtype=None):
+    def save_pretrained(self, directory: Union[str, os.PathLike], *, format: str = "canonical", dtype=None):
         """Write the canonical directory (or a ``conversion`` format: ``"tf"`` = ``tf_model.h5``, ``"openai"``,
         ``"open_clip"``, ``"flax"``; towers and the classifier as canonical, hf or flax). ``dtype``: None,
         "fp16" or "bf16"."""
+        import conversion
+
         config = with_labels(self.config, self.num_labels) if self.num_labels else self.config
-        return write_checkpoint(directory, config, self.canonical_weights(), self.part, format, dtype)
+        return Path(conversion.save_checkpoint(directory, config, self.canonical_weights(), format=format,
+                                               dtype=dtype, part=self.part))
 
     def save_tf_h5(self, directory: Union[str, os.PathLike]):
         """Write ``tf_model.h5`` in Hugging Face's TF layout (plus config) into ``directory``."""
@@ -143,11 +148,16 @@ class CLIPPreTrainedModel(keras.Model):
         shape = [None, c, s, s] if self.data_format == "channels_first" else [None, s, s, c]
         return tf.TensorSpec(shape, tf.float32, name="pixel_values")
 
-    def _vision(self, pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding, training):
-        return self.vision_model(pixel_values, output_attentions=_flag(output_attentions),
-                                 output_hidden_states=_flag(output_hidden_states),
+    def _vision(self, pixel_values, output_attentions: bool, output_hidden_states: bool, interpolate_pos_encoding,
+                training):
+        return self.vision_model(pixel_values, output_attentions=output_attentions,
+                                 output_hidden_states=output_hidden_states,
                                  interpolate_pos_encoding=bool(interpolate_pos_encoding), training=training,
                                  data_format=self.data_format)
+
+    def _text(self, input_ids, attention_mask, position_ids, output_attentions: bool, output_hidden_states: bool):
+        return self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               output_attentions=output_attentions, output_hidden_states=output_hidden_states)
 
     def _train_kwargs(self, data) -> dict:
         x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
@@ -162,7 +172,7 @@ class CLIPPreTrainedModel(keras.Model):
         """One optimiser step on the model's own loss (contrastive, or the classifier's)."""
         kwargs = self._train_kwargs(data)
         with tf.GradientTape() as tape:
-            loss = self(**kwargs, return_loss=True, training=True).loss
+            loss = self(**kwargs, **self._loss_kwargs(), training=True).loss
             replicas = tf.distribute.get_strategy().num_replicas_in_sync
             scaled = loss / replicas  # gradients are summed over replicas
         grads = tape.gradient(scaled, self.trainable_variables)
@@ -170,7 +180,10 @@ class CLIPPreTrainedModel(keras.Model):
         return {"loss": loss}
 
     def test_step(self, data):
-        return {"loss": self(**self._train_kwargs(data), return_loss=True, training=False).loss}
+        return {"loss": self(**self._train_kwargs(data), **self._loss_kwargs(), training=False).loss}
+
+    def _loss_kwargs(self) -> dict:
+        return {"return_loss": True} if self.part == "model" else {}
 
 
 class _TextFeatures:
@@ -183,20 +196,20 @@ class _TextFeatures:
     def _text_embeds_prefix(self, input_ids, attention_mask):
         """Graph path: run only up to the last pooled position (dynamic shape; not for XLA)."""
         t = self.config.text_config
-        needed = tf.reduce_max(pool_index(input_ids, t.eos_token_id, t.legacy_eos_pooling)) + 1
+        needed = tf.reduce_max(pool_positions(input_ids, t.eos_token_id, t.legacy_eos_pooling)) + 1
         return self._text_embeds(input_ids[:, :needed], attention_mask[:, :needed])
 
-    def get_text_features(self, input_ids, attention_mask=None, position_ids=None):
-        """Projected (not normalised) text features (B, projection_dim), float32."""
+    def get_text_features(self, input_ids, attention_mask=None, position_ids=None, output_attentions=None,
+                          output_hidden_states=None, return_dict=None, training=False):
+        """Projected (not normalised) text features (B, projection_dim), float32. The flags and ``training``
+        are accepted for transformers' signature and change nothing (CLIP has no dropout at inference)."""
         if position_ids is not None or not tf.executing_eagerly():
             return self._text_embeds(input_ids, attention_mask, position_ids)
         ids = np.asarray(input_ids).astype(np.int32)
         if ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {ids.shape}")
         mask = np.ones_like(ids) if attention_mask is None else np.asarray(attention_mask).astype(np.int32)
-        t = self.config.text_config
-        needed = int(pool_index(ids, t.eos_token_id, t.legacy_eos_pooling).numpy().max(initial=0)) + 1
-        n = text_bucket(needed, ids.shape[1])
+        n = text_prefix_length(ids, self.config.text_config)
         spec = [tf.TensorSpec([None, None], tf.int32, name="input_ids"),
                 tf.TensorSpec([None, None], tf.int32, name="attention_mask")]
         fn = self._compiled("text", self._text_embeds, spec)
@@ -218,8 +231,10 @@ class _ImageFeatures:
             pooled = self.vision_model.pooled(pixel_values, data_format=self.data_format)
         return tf.cast(pooled if self.config.is_resnet else self.visual_projection(pooled), tf.float32)
 
-    def get_image_features(self, pixel_values, interpolate_pos_encoding: bool = False):
-        """Projected (not normalised) image features (B, projection_dim), float32."""
+    def get_image_features(self, pixel_values, output_attentions=None, output_hidden_states=None,
+                           interpolate_pos_encoding: bool = False, return_dict=None, training=False):
+        """Projected (not normalised) image features (B, projection_dim), float32. The flags and ``training``
+        are accepted for transformers' signature and change nothing."""
         spec = self._pixel_spec()
         x = tf.convert_to_tensor(pixel_values, tf.float32) if tf.executing_eagerly() else pixel_values
         if not tf.executing_eagerly() or not spec.shape.is_compatible_with(x.shape):
@@ -256,20 +271,21 @@ class CLIPModel(_TextFeatures, _ImageFeatures, CLIPPreTrainedModel):
         self.built = True
 
     def call(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, return_loss=None,
-             output_attentions=None, output_hidden_states=None, interpolate_pos_encoding=False, training=None):
+             output_attentions=None, output_hidden_states=None, interpolate_pos_encoding=False, return_dict=None,
+             training=None):
         if _is_openai_call(input_ids, pixel_values):  # model(image, text) -> (logits_per_image, logits_per_text)
             out = self.call(pixel_values, input_ids, training=training)
             return out.logits_per_image, out.logits_per_text
-        flags = dict(output_attentions=_flag(output_attentions), output_hidden_states=_flag(output_hidden_states))
-        vision = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
-                                   training=training, data_format=self.data_format, **flags)
-        text = self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids, **flags)
+        oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        vision = self._vision(pixel_values, oa, oh, interpolate_pos_encoding, training)
+        text = self._text(input_ids, attention_mask, position_ids, oa, oh)
         image_embeds = vision.pooler_output if self.config.is_resnet else self.visual_projection(vision.pooler_output)
         image_embeds = _normalize(tf.cast(image_embeds, tf.float32))
         text_embeds = _normalize(tf.cast(self.text_projection(text.pooler_output), tf.float32))
         logits_per_text = tf.matmul(text_embeds, image_embeds, transpose_b=True) * tf.exp(tf.cast(self.logit_scale, tf.float32))
-        loss = contrastive_loss(logits_per_text) if return_loss else None
-        return CLIPOutput(loss, tf.transpose(logits_per_text), logits_per_text, text_embeds, image_embeds, text, vision)
+        loss = clip_loss(logits_per_text) if return_loss else None
+        return finish(CLIPOutput(loss, tf.transpose(logits_per_text), logits_per_text, text_embeds, image_embeds, text,
+                                 vision), rd)
 
 
 def _is_openai_call(first, second) -> bool:
@@ -293,10 +309,9 @@ class CLIPTextModel(CLIPPreTrainedModel):
         self.built = True
 
     def call(self, input_ids=None, attention_mask=None, position_ids=None, output_attentions=None,
-             output_hidden_states=None, training=None):
-        return self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               output_attentions=_flag(output_attentions),
-                               output_hidden_states=_flag(output_hidden_states))
+             output_hidden_states=None, return_dict=None, training=None):
+        oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        return finish(self._text(input_ids, attention_mask, position_ids, oa, oh), rd)
 
 
 @_serializable
@@ -315,12 +330,11 @@ class CLIPTextModelWithProjection(_TextFeatures, CLIPPreTrainedModel):
         self.built = True
 
     def call(self, input_ids=None, attention_mask=None, position_ids=None, output_attentions=None,
-             output_hidden_states=None, training=None):
-        out = self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              output_attentions=_flag(output_attentions),
-                              output_hidden_states=_flag(output_hidden_states))
-        return CLIPTextModelOutput(self.text_projection(out.pooler_output), out.last_hidden_state,
-                                   out.hidden_states, out.attentions)
+             output_hidden_states=None, return_dict=None, training=None):
+        oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        out = self._text(input_ids, attention_mask, position_ids, oa, oh)
+        return finish(CLIPTextModelOutput(self.text_projection(out.pooler_output), out.last_hidden_state,
+                                          out.hidden_states, out.attentions), rd)
 
 
 @_serializable
@@ -336,8 +350,9 @@ class CLIPVisionModel(CLIPPreTrainedModel):
         self.built = True
 
     def call(self, pixel_values=None, output_attentions=None, output_hidden_states=None,
-             interpolate_pos_encoding=False, training=None):
-        return self._vision(pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding, training)
+             interpolate_pos_encoding=False, return_dict=None, training=None):
+        oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        return finish(self._vision(pixel_values, oa, oh, interpolate_pos_encoding, training), rd)
 
 
 @_serializable
@@ -357,10 +372,11 @@ class CLIPVisionModelWithProjection(_ImageFeatures, CLIPPreTrainedModel):
         self.built = True
 
     def call(self, pixel_values=None, output_attentions=None, output_hidden_states=None,
-             interpolate_pos_encoding=False, training=None):
-        out = self._vision(pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding, training)
+             interpolate_pos_encoding=False, return_dict=None, training=None):
+        oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        out = self._vision(pixel_values, oa, oh, interpolate_pos_encoding, training)
         embeds = out.pooler_output if self.config.is_resnet else self.visual_projection(out.pooler_output)
-        return CLIPVisionModelOutput(embeds, out.last_hidden_state, out.hidden_states, out.attentions)
+        return finish(CLIPVisionModelOutput(embeds, out.last_hidden_state, out.hidden_states, out.attentions), rd)
 
 
 @_serializable
@@ -372,8 +388,7 @@ class CLIPForImageClassification(CLIPPreTrainedModel):
 
     def __init__(self, config: Any, num_labels: Optional[int] = None, **kwargs):
         super().__init__(config, **kwargs)
-        extra = self.config.extra
-        self._num_labels = int(num_labels or extra.get("num_labels") or len(extra.get("id2label") or {}) or 2)
+        self._num_labels = int(num_labels or num_labels_of(self.config))
         self.vision_model = _vision_tower(self.config, self.dtype_policy)
         self.classifier = Dense(self.config.vision_config.hidden_size, self._num_labels, name="classifier",
                                 dtype=self.dtype_policy)
@@ -387,12 +402,14 @@ class CLIPForImageClassification(CLIPPreTrainedModel):
         return {**super().get_config(), "num_labels": self._num_labels}
 
     def call(self, pixel_values=None, labels=None, output_attentions=None, output_hidden_states=None,
-             interpolate_pos_encoding=False, return_loss=None, training=None):
-        out = self._vision(pixel_values, output_attentions, output_hidden_states, interpolate_pos_encoding, training)
+             interpolate_pos_encoding=False, return_dict=None, training=None):
+        oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
+        out = self._vision(pixel_values, oa, oh, interpolate_pos_encoding, training)
         h = out.last_hidden_state
         feats = tf.reduce_mean(h, axis=[2, 3]) if self.config.is_resnet else tf.reduce_mean(h[:, 1:], axis=1)
         logits = tf.cast(self.classifier(feats), tf.float32)
-        return ImageClassifierOutput(_classification_loss(logits, labels), logits, out.hidden_states, out.attentions)
+        return finish(ImageClassifierOutput(_classification_loss(logits, labels), logits, out.hidden_states,
+                                            out.attentions), rd)
 
 
 def _classification_loss(logits, labels):

@@ -2,16 +2,17 @@
 from __future__ import annotations
 
 import os
-from typing import Callable, Sequence, Union
+from typing import Any, Callable, List, Optional, Sequence, Union
 
-import numpy as np
 import tensorflow as tf
+
+from clip_core.backend_shared import openai_checkpoint, openai_transform
 
 __all__ = ["load", "tokenize", "available_models"]
 
 
-def available_models() -> list[str]:
-    """Model names clip-zoo knows (a local checkpoint is still needed: nothing is downloaded)."""
+def available_models() -> List[str]:
+    """The model names ``load`` knows (OpenAI's, as ``clip.available_models()``, plus clip-zoo's)."""
     from clip_core import available_models as names
 
     return names()
@@ -19,31 +20,29 @@ def available_models() -> list[str]:
 
 def tokenize(texts: Union[str, Sequence[str]], context_length: int = 77, truncate: bool = False) -> tf.Tensor:
     """``clip.tokenize``: (N, context_length) int32 token ids, zero-padded, SOT/EOT included."""
-    from clip_core import tokenize as core_tokenize
+    from clip_core import tokenize as np_tokenize
 
-    return tf.constant(np.asarray(core_tokenize(texts, context_length=context_length, truncate=truncate)), tf.int32)
+    return tf.constant(np_tokenize(texts, context_length=context_length, truncate=truncate), tf.int32)
 
 
-def load(name_or_path: Union[str, os.PathLike], jit_compile: Union[bool, str] = "auto", dtype=None, **kwargs):
-    """``clip.load``: ``(CLIPModel, preprocess)``; ``preprocess(pil_image)`` -> (3, H, W) float32 tensor."""
-    from clip_core import CLIPImageProcessor
+def load(name: Union[str, os.PathLike], device: Any = None, jit: bool = False, download_root: Optional[str] = None,
+         **kwargs: Any):
+    """``clip.load``: ``(CLIPModel, preprocess)``; ``preprocess(pil_image)`` -> (3, H, W) float32 tensor.
 
+    Names resolve as in clip_torch (nothing is downloaded). ``device`` is accepted for OpenAI's signature
+    (TensorFlow places the computation itself); ``jit=True`` warns. ``kwargs`` go to
+    :meth:`CLIPModel.from_pretrained` (``dtype``, ``jit_compile``, ``data_format`` ...)."""
     from .models import CLIPModel
 
-    from clip_core.default_model import resolve_checkpoint
-
-    path = resolve_checkpoint(name_or_path, kwargs.pop("download_root", None))
-    model = CLIPModel.from_pretrained(path, jit_compile=jit_compile, dtype=dtype, **kwargs)
-    size = model.config.vision_config.image_size
-    processor = CLIPImageProcessor(mode="openai", size=size, crop_size=size)
-    return model, _preprocess_fn(processor)
+    model = CLIPModel.from_pretrained(openai_checkpoint(name, jit, download_root, "clip_tf"), **kwargs)
+    return model, _preprocess(model.config.vision_config.image_size)
 
 
-def _preprocess_fn(processor) -> Callable:
-    def preprocess(image):
-        out = processor(image)
-        array = out["pixel_values"] if isinstance(out, dict) else out
-        array = np.asarray(array, np.float32)
-        return tf.constant(array[0] if array.ndim == 4 else array)
+def _preprocess(image_size: int) -> Callable:
+    transform = openai_transform(image_size)
+
+    def preprocess(image) -> tf.Tensor:
+        """PIL image -> (3, H, W) float32 tensor (OpenAI's transform)."""
+        return tf.constant(transform(image))
 
     return preprocess

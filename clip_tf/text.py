@@ -11,7 +11,7 @@ from clip_core.outputs import BaseModelOutputWithPooling
 from .layers import CLIPEncoder
 from .primitives import Embedding, LayerNorm, shape_list
 
-__all__ = ["CLIPTextEmbeddings", "CLIPTextTransformer", "pool_index", "text_attention_mask"]
+__all__ = ["CLIPTextEmbeddings", "CLIPTextTransformer", "pool_positions", "text_attention_mask"]
 
 
 class CLIPTextEmbeddings(keras.layers.Layer):
@@ -44,7 +44,7 @@ def text_attention_mask(attention_mask: Optional[tf.Tensor], t) -> tf.Tensor:
     return allowed
 
 
-def pool_index(input_ids: tf.Tensor, eos_token_id: int, legacy: bool) -> tf.Tensor:
+def pool_positions(input_ids: tf.Tensor, eos_token_id: int, legacy: bool) -> tf.Tensor:
     """(B,) position of the first EOT token (first ``argmax(input_ids)`` when ``legacy``; 0 if none)."""
     ids = tf.cast(input_ids, tf.int32)
     target = tf.reduce_max(ids, axis=-1, keepdims=True) if legacy else tf.constant(eos_token_id, tf.int32)
@@ -77,6 +77,6 @@ class CLIPTextTransformer(keras.layers.Layer):
         x, hidden, attentions = self.encoder(x, attn_mask=mask, output_attentions=output_attentions,
                                               output_hidden_states=output_hidden_states)
         x = self.final_layer_norm(x)
-        idx = pool_index(input_ids, self.cfg.eos_token_id, self.cfg.legacy_eos_pooling)
+        idx = pool_positions(input_ids, self.cfg.eos_token_id, self.cfg.legacy_eos_pooling)
         pooled = tf.gather(x, idx, batch_dims=1)  # (B, D)
         return BaseModelOutputWithPooling(x, pooled, hidden, attentions)

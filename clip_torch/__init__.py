@@ -6,12 +6,13 @@
 from __future__ import annotations
 
 from .models import (CLIPForImageClassification, CLIPModel, CLIPTextModel, CLIPTextModelWithProjection,
-                     CLIPVisionModel, CLIPVisionModelWithProjection, clip_loss)
+                     CLIPVisionModel, CLIPVisionModelWithProjection, clip_loss,
+                     contrastive_loss)
 from .modeling_utils import CLIPPreTrainedModel
 from .openai_api import available_models, load, tokenize
 
 __all__ = [
     "CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPVisionModel",
-    "CLIPVisionModelWithProjection", "CLIPForImageClassification", "CLIPPreTrainedModel", "clip_loss",
+    "CLIPVisionModelWithProjection", "CLIPForImageClassification", "CLIPPreTrainedModel", "clip_loss", "contrastive_loss",
     "load", "tokenize", "available_models",
 ]

@@ -47,7 +47,7 @@ def onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the oneDNN inference kernels apply: enabled, no autograd, fp32 input and weight on CPU."""
     return (ONEDNN and not torch.is_grad_enabled() and x.device.type == "cpu"
             and x.dtype == torch.float32 and weight.dtype == torch.float32 and weight.is_contiguous()
-            and torch.backends.mkldnn.enabled and _onednn_built() and not _is_compiling())
+            and torch.backends.mkldnn.enabled and _onednn_built() and not _is_compiling() and not _autocasting(x))
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -90,10 +90,37 @@ def activation(name: str):
     return table[name]
 
 
-def check_attn_implementation(name: str) -> str:
-    if name not in ATTN_IMPLEMENTATIONS:
-        raise ValueError(f"attn_implementation must be one of {ATTN_IMPLEMENTATIONS}, got {name!r}")
-    return name
+def check_attn_implementation(name: Optional[str]) -> str:
+    """``"sdpa"`` (also for None, transformers' default) or ``"eager"``.
+
+    ``"flash_attention_2"`` / ``"flash_attention_3"`` fail as transformers 4.57 fails without the
+    flash-attn package (ImportError) or without a CUDA device (ValueError), with its messages; with both,
+    they run as ``"sdpa"``, whose CUDA kernels include FlashAttention-2 for fp16 / bf16 (a warning says so).
+    """
+    if name is None:
+        return "sdpa"
+    if name in ATTN_IMPLEMENTATIONS:
+        return name
+    if name in ("flash_attention_2", "flash_attention_3"):
+        import importlib.util
+        import warnings
+
+        version = name[-1]
+        preface = f"FlashAttention{version} has been toggled on, but it cannot be used due to the following error:"
+        install = ("Please refer to the documentation of https://huggingface.co/docs/transformers/"
+                   "perf_infer_gpu_one#flashattention-2 to install Flash Attention 2.")
+        package = "flash_attn" if version == "2" else "flash_attn_3"
+        if importlib.util.find_spec(package) is None:
+            raise ImportError(f"{preface} the package {package} seems to be not installed. {install}")
+        if not torch.cuda.is_available():
+            raise ValueError(f"{preface} Flash Attention {version} is not available on CPU. Please make sure "
+                             "torch can access a CUDA device.")
+        warnings.warn(f"clip_torch runs attn_implementation={name!r} as 'sdpa' (torch's scaled_dot_product_attention "
+                      "uses FlashAttention kernels on CUDA for fp16 / bf16)", stacklevel=3)
+        return "sdpa"
+    raise ValueError(f'Specified `attn_implementation="{name}"` is not supported. The only possible arguments are '
+                     '`attn_implementation="eager"`, `"attn_implementation=flash_attention_2"`, '
+                     '`"attn_implementation=sdpa"`.')
 
 
 def _version(t: torch.Tensor) -> int:
@@ -107,6 +134,11 @@ def _version(t: torch.Tensor) -> int:
 
 def _is_compiling() -> bool:
     return bool(getattr(torch, "compiler", None) and torch.compiler.is_compiling())
+
+
+def _autocasting(x: torch.Tensor) -> bool:
+    """Inside ``torch.autocast`` for ``x``'s device: the plain ops run, so autocast picks their dtypes."""
+    return torch.is_autocast_enabled(x.device.type)
 
 
 class CLIPAttention(nn.Module):
@@ -143,8 +175,8 @@ class CLIPAttention(nn.Module):
             self._fused = (key, w, b)
         return self._fused[1], self._fused[2]
 
-    def _fast(self) -> bool:
-        return self.fuse_qkv and not torch.is_grad_enabled() and not _is_compiling()
+    def _fast(self, x: torch.Tensor) -> bool:
+        return self.fuse_qkv and not torch.is_grad_enabled() and not _is_compiling() and not _autocasting(x)
 
     def _heads(self, y: torch.Tensor, n: int) -> torch.Tensor:
         """(B, T, n*C) -> (n, B, H, T, hd) view."""
@@ -154,7 +186,7 @@ class CLIPAttention(nn.Module):
     def _qkv(self, x: torch.Tensor, first_query_only: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q (B, H, Tq, hd), k, v (B, H, T, hd); ``first_query_only`` projects q for token 0 only."""
-        if self._fast():
+        if self._fast(x):
             w, b = self._fused_weights()
             if not first_query_only:
                 return tuple(self._heads(linear(x, w, b), 3))  # type: ignore[return-value]

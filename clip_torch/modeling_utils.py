@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from clip_core.config import CLIPConfig, as_clip_config
+from clip_core.backend_shared import load_pretrained, select_part
 from clip_core.schema import from_backend, schema, to_backend
 
 from .layers import CLIPAttention, CLIPEncoder, check_attn_implementation
@@ -19,26 +20,6 @@ from .layers import CLIPAttention, CLIPEncoder, check_attn_implementation
 __all__ = ["CLIPPreTrainedModel"]
 
 PathLike = Union[str, os.PathLike]
-
-
-_GROUP_PREFIXES = {"text_model.": "text", "vision_model.": "vision", "text_projection.": "text_projection",
-                   "visual_projection.": "visual_projection", "classifier.": "classifier"}
-
-
-def _group_of(name: str) -> Optional[str]:
-    """The schema group a canonical name belongs to (None for names of no CLIP part)."""
-    if name == "logit_scale":
-        return "logit_scale"
-    for prefix, group in _GROUP_PREFIXES.items():
-        if name.startswith(prefix):
-            return group
-    return None
-
-
-def _groups(part: str) -> tuple:
-    from clip_core.schema import PARTS
-
-    return PARTS[part]
 
 
 @contextlib.contextmanager
@@ -83,13 +64,45 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.numpy()
 
 
+def _torch_dtype(dtype: Any) -> Optional[torch.dtype]:
+    """transformers' ``dtype``: None -> float32 (torch's default), ``"auto"`` -> the checkpoint's (None here),
+    a name (``"float16"``, ``"torch.bfloat16"``) or a ``torch.dtype``."""
+    if dtype is None:
+        return torch.get_default_dtype()
+    if isinstance(dtype, str):
+        if dtype == "auto":
+            return None
+        resolved = getattr(torch, dtype.replace("torch.", ""), None)
+        if not isinstance(resolved, torch.dtype):
+            raise ValueError(f"unknown dtype {dtype!r}")
+        return resolved
+    return dtype
+
+
+def _device(device_map: Any, device: Any) -> Any:
+    """The one device ``device_map`` names: ``"auto"`` / ``"balanced"`` / ``"sequential"`` = CUDA when available,
+    else the CPU; a device, an index or a dict mapping every module to one device. Splitting a model over
+    several devices is not supported (CLIP fits on one)."""
+    if device_map is None:
+        return device
+    if isinstance(device_map, dict):
+        targets = set(device_map.values())
+        if len(targets) != 1:
+            raise NotImplementedError(f"clip_torch places a model on one device; device_map={device_map!r} "
+                                      "spreads it over several")
+        device_map = targets.pop()
+    if device_map in ("auto", "balanced", "balanced_low_0", "sequential"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device("cuda", device_map) if isinstance(device_map, int) else torch.device(device_map)
+
+
 class CLIPPreTrainedModel(nn.Module):
     """Base of the six classes: ``from_pretrained``, ``save_pretrained``, canonical state dicts,
     ``gradient_checkpointing_enable``, ``set_attn_implementation``."""
 
     part = "model"
 
-    def __init__(self, config: Any, attn_implementation: str = "sdpa") -> None:
+    def __init__(self, config: Any, attn_implementation: Optional[str] = "sdpa") -> None:
         super().__init__()
         self.config = as_clip_config(config)
         self.attn_implementation = check_attn_implementation(attn_implementation)
@@ -112,28 +125,33 @@ class CLIPPreTrainedModel(nn.Module):
 
     # -------------------------------------------------------------------------------- loading
     @classmethod
-    def from_pretrained(cls, path: PathLike, *, config: Optional[CLIPConfig] = None,
-                        attn_implementation: str = "sdpa", dtype: Optional[torch.dtype] = torch.float32,
-                        device: Any = None, **kwargs: Any) -> "CLIPPreTrainedModel":
-        """Load any checkpoint format ``conversion.load_checkpoint`` reads (strict).
+    def from_pretrained(cls, path: PathLike, *, config: Optional[CLIPConfig] = None, dtype: Any = None,
+                        num_labels: Optional[int] = None, **kwargs: Any) -> "CLIPPreTrainedModel":
+        """Load any checkpoint format ``conversion.load_checkpoint`` reads (strict), by path, ``"default"``, an
+        OpenAI name or a Hugging Face id in the local cache (:func:`clip_core.resolve_checkpoint`).
 
-        ``dtype=None`` keeps the checkpoint's dtype. ``torch_dtype`` is accepted as an alias.
+        transformers' arguments: ``dtype`` / ``torch_dtype`` (None: float32, ``"auto"``: the checkpoint's),
+        ``attn_implementation``, ``device_map`` (one device: ``"cpu"``, ``"cuda"``, ``"auto"``), ``num_labels``,
+        ``ignore_mismatched_sizes``, ``output_loading_info``, ``revision``, ``cache_dir``, ``subfolder``, config
+        overrides, and the download / format switches, which change nothing (``from_tf`` ...). ``device=``
+        places the weights directly.
         """
-        import conversion
-
-        if "torch_dtype" in kwargs:
-            dtype = kwargs.pop("torch_dtype")
+        attn = check_attn_implementation(kwargs.pop("attn_implementation", None))
+        loaded = load_pretrained(path, cls.part, kwargs, config=config, num_labels=num_labels, cls_name=cls.__name__)
+        dtype = _torch_dtype(kwargs.pop("torch_dtype", dtype))
+        device = _device(kwargs.pop("device_map", None), kwargs.pop("device", None))
         if kwargs:
-            raise TypeError(f"unexpected arguments to from_pretrained: {sorted(kwargs)}")
-        cfg, weights = conversion.load_for_part(path, cls.part, config)
-        return cls.from_canonical(cfg, weights, attn_implementation=attn_implementation, dtype=dtype,
-                                  device=device, source=str(path))
+            raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(kwargs)}")
+        model = cls.from_canonical(loaded.config, loaded.weights, attn_implementation=attn, dtype=dtype,
+                                   device=device, source=loaded.source)
+        return loaded.result(model)
 
     @classmethod
     def from_canonical(cls, config: CLIPConfig, weights: Mapping[str, np.ndarray], *,
                        attn_implementation: str = "sdpa", dtype: Optional[torch.dtype] = torch.float32,
                        device: Any = None, source: str = "weights") -> "CLIPPreTrainedModel":
-        """Build on the meta device (no random init) and assign the canonical weights."""
+        """Build on the meta device (no random init) and assign the canonical weights (``dtype=None``:
+        the arrays' dtype)."""
         with torch.device("meta"), _no_init():
             model = cls(config, attn_implementation=attn_implementation)
         model.load_canonical(weights, dtype=dtype, device=device, source=source)
@@ -144,13 +162,11 @@ class CLIPPreTrainedModel(nn.Module):
         """Assign canonical weights. Tensors of other parts of a CLIP checkpoint (the other tower,
         projections, a classifier) are ignored; anything missing, unknown or mis-shaped raises
         ``WeightMismatchError`` naming it."""
-        groups = _groups(self.part)
-        kept = {k: v for k, v in weights.items() if _group_of(k) in groups or _group_of(k) is None}
+        kept = select_part(weights, self.config, self.part, self.num_labels)
         if "logit_scale" in kept and np.size(kept["logit_scale"]) == 1:  # (1,) as HF-TF / some writers
             kept["logit_scale"] = np.asarray(kept["logit_scale"]).reshape(())
         params = to_backend(kept, self.config, "torch", self.part, self.num_labels, source=source)
-        if device is None:
-            device = "cpu"
+        device = "cpu" if device is None else device
         state = {k: _to_tensor(v, dtype, device) for k, v in params.items()}
         self.load_state_dict(state, strict=True, assign=True)
         for module in self.modules():  # buffers outside the schema (BatchNorm counters)
@@ -167,20 +183,22 @@ class CLIPPreTrainedModel(nn.Module):
     def _config_to_save(self) -> CLIPConfig:
         return self.config
 
-    def save_pretrained(self, directory: PathLike) -> Path:
-        """Write the canonical directory (``config.json`` + ``model.safetensors`` [+ tokenizer files])."""
+    def save_pretrained(self, directory: PathLike, *, format: str = "canonical", dtype: Optional[str] = None) -> Path:
+        """Write the canonical directory (``config.json`` + ``model.safetensors`` [+ tokenizer files]), or another
+        ``conversion`` format (``"tf"``, ``"flax"``, ``"openai"``, ``"open_clip"``; towers: canonical / hf / flax);
+        ``dtype``: None (as stored), ``"fp16"``, ``"bf16"``."""
         import conversion
 
-        conversion.save_checkpoint(directory, self._config_to_save(), self.canonical_weights(), part=self.part)
-        return Path(directory)
+        return Path(conversion.save_checkpoint(directory, self._config_to_save(), self.canonical_weights(),
+                                               format=format, dtype=dtype, part=self.part))
 
     # -------------------------------------------------------------------------------- switches
     def set_attn_implementation(self, name: str) -> None:
-        """Switch every attention layer to ``"sdpa"`` or ``"eager"``."""
+        """Switch every attention layer to ``"sdpa"`` or ``"eager"`` (see :func:`check_attn_implementation`)."""
         self.attn_implementation = check_attn_implementation(name)
         for m in self.modules():
             if isinstance(m, CLIPAttention):
-                m.attn_implementation = name
+                m.attn_implementation = self.attn_implementation
 
     def gradient_checkpointing_enable(self) -> None:
         """Recompute transformer layers in backward instead of storing activations (training)."""

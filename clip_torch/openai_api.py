@@ -2,19 +2,18 @@
 ``available_models``. ``import clip_torch as clip`` runs scripts written for ``import clip``."""
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
-from typing import Callable, List, Optional, Union
+import os
+from typing import Any, Callable, List, Optional, Union
 
 import torch
 
-__all__ = ["load", "tokenize", "available_models"]
+from clip_core.backend_shared import openai_checkpoint, openai_transform
 
-# OpenAI's download file names, looked up (never downloaded) in ``download_root``.
+__all__ = ["load", "tokenize", "available_models"]
 
 
 def available_models() -> List[str]:
-    """The names of the OpenAI CLIP architectures (as ``clip.available_models()``)."""
+    """The model names ``load`` knows (OpenAI's, as ``clip.available_models()``, plus clip-zoo's)."""
     from clip_core import available_models as names
 
     return names()
@@ -28,36 +27,27 @@ def tokenize(texts: Union[str, List[str]], context_length: int = 77, truncate: b
     return torch.from_numpy(np_tokenize(texts, context_length=context_length, truncate=truncate)).long()
 
 
-def _resolve(name: str, download_root: Optional[str]) -> Path:
-    from clip_core.default_model import resolve_checkpoint
+def load(name: Union[str, os.PathLike], device: Union[str, torch.device, None] = None, jit: bool = False,
+         download_root: Optional[str] = None, **kwargs: Any):
+    """``(model, preprocess)`` as OpenAI's ``clip.load``: an OpenAI model name (its file must be in
+    ``download_root``, default ``~/.cache/clip``: nothing is downloaded), ``"default"``, a Hugging Face id in
+    the local cache, or a path to any checkpoint ``conversion`` reads. ``device`` defaults to CUDA when
+    available; like OpenAI the model is fp16 on CUDA and fp32 on CPU. ``jit=True`` warns and returns the
+    eager model. ``kwargs`` go to :meth:`CLIPModel.from_pretrained` (``dtype`` ...)."""
+    from .models import CLIPModel
 
-    return resolve_checkpoint(name, download_root)
+    path = openai_checkpoint(name, jit, download_root, "clip_torch")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    kwargs.setdefault("dtype", torch.float16 if device.type == "cuda" else torch.float32)
+    model = CLIPModel.from_pretrained(path, device=device, **kwargs)
+    return model, _preprocess(model.config.vision_config.image_size)
 
 
 def _preprocess(image_size: int) -> Callable:
-    from clip_core import CLIPImageProcessor
-
-    proc = CLIPImageProcessor(mode="openai", size=image_size, crop_size=image_size)
+    transform = openai_transform(image_size)
 
     def preprocess(image) -> torch.Tensor:
         """PIL image -> (3, H, W) float32 tensor, like OpenAI's torchvision transform."""
-        return torch.from_numpy(proc(image, return_tensors="np")["pixel_values"][0])
+        return torch.from_numpy(transform(image))
 
     return preprocess
-
-
-def load(name: str, device: Union[str, torch.device] = "cuda" if torch.cuda.is_available() else "cpu",
-         jit: bool = False, download_root: Optional[str] = None):
-    """``(model, preprocess)`` from an OpenAI model name (file must be local), or a path to any
-    checkpoint format ``conversion.load_checkpoint`` reads (OpenAI TorchScript / state dict, HF,
-    open_clip, canonical). ``jit=True`` is accepted and ignored (the eager model is returned);
-    like OpenAI, the model is in fp16 on CUDA and fp32 on CPU."""
-    from .models import CLIPModel
-
-    if jit:
-        warnings.warn("clip_torch.load(jit=True): returning the eager model (no TorchScript)", stacklevel=2)
-    path = _resolve(name, download_root)
-    device = torch.device(device)
-    dtype = torch.float16 if device.type == "cuda" else torch.float32
-    model = CLIPModel.from_pretrained(path, dtype=dtype, device=device)
-    return model, _preprocess(model.config.vision_config.image_size)
