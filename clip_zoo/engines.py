@@ -246,21 +246,17 @@ class TFEncoder(Encoder):
 
 
 class FlaxEncoder(Encoder):
+    """The model's methods are already jit-compiled (cached per shape) and trim text to the shortest
+    bucket holding every EOT, which needs concrete ids: another ``jax.jit`` around them would trace
+    them and silently turn the trimming off."""
+
     framework = "flax"
 
-    def _load(self, path: Path):
-        import jax
-
-        model = super()._load(path)
-        self._image_fn = jax.jit(lambda params, px: model.get_image_features(px, params=params))
-        self._text_fn = jax.jit(lambda params, ids, mask: model.get_text_features(ids, mask, params=params))
-        return model
-
     def _image_features(self, pixel_values):
-        return np.asarray(self._image_fn(self.model.params, pixel_values))
+        return np.asarray(self.model.get_image_features(pixel_values))
 
     def _text_features(self, input_ids, attention_mask):
-        return np.asarray(self._text_fn(self.model.params, input_ids, attention_mask))
+        return np.asarray(self.model.get_text_features(input_ids, attention_mask))
 
 
 _ENCODERS = {"torch": TorchEncoder, "tf": TFEncoder, "flax": FlaxEncoder}

@@ -185,3 +185,28 @@ def test_model_flag_reads_every_checkpoint_format(capsys, tmp_path, image_dir, c
     np.testing.assert_allclose(got, ref, atol=1e-4)
     rc, out, _ = run_cli(capsys, "search", tmp_path / "f.npy", "red", "--model", checkpoints[fmt], "--json")
     assert rc == 0 and len(json.loads(out)) == 3
+
+
+def test_flax_engine_keeps_text_trimming(monkeypatch):
+    """The Flax engine calls the model's own (jit-cached) methods: its text path trims to the EOT
+    bucket on concrete ids, and agrees with the untrimmed features."""
+    pytest.importorskip("flax")
+    import clip_flax.models as flax_models
+    from clip_core import tokenize
+    from clip_zoo.engines import load_encoder
+
+    seen = []
+    real = flax_models.trim_text_inputs
+    def spy(*args):
+        out = real(*args)
+        seen.append(out[0].shape[1])  # the text length the model then runs
+        return out
+
+    monkeypatch.setattr(flax_models, "trim_text_inputs", spy)
+    encoder = load_encoder("default", "flax")
+    ids = tokenize(["a red circle", "a blue square"])
+    mask = (ids > 0).astype(np.int32)
+    trimmed = encoder._text_features(ids, mask)
+    assert seen and seen[0] < ids.shape[1], f"text not trimmed (lengths run: {seen})"
+    full = np.asarray(encoder.model.get_text_features(ids, mask, trim=False))
+    np.testing.assert_allclose(trimmed, full, atol=1e-5)
