@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from clip_core.backend_shared import finish, init_weights, load_pretrained, output_flags, select_part
+from conversion.pretrained import finish, init_weights, load_pretrained, output_flags, select_part
 from clip_core.config import as_clip_config, num_labels_of, with_labels
 from clip_core.schema import from_backend, to_backend
 
@@ -49,7 +49,7 @@ class FlaxCLIPPreTrainedModel:
         """transformers' ``FlaxCLIPModel(config, input_shape, seed, dtype, _do_init)``: ``dtype`` is the compute
         dtype, ``param_dtype`` the parameters'; ``input_shape`` is accepted and unused (shapes come from the
         config). With ``_do_init`` the parameters are drawn by transformers' rules from ``seed``
-        (:func:`clip_core.backend_shared.init_weights`)."""
+        (:func:`conversion.pretrained.init_weights`)."""
         self.config = as_clip_config(config)
         self.dtype, self.param_dtype = dtype or jnp.float32, param_dtype
         self.num_labels = (num_labels or num_labels_of(self.config)) if self.part == "classification" else None
@@ -125,7 +125,7 @@ class FlaxCLIPPreTrainedModel:
         ``dtype`` is the compute dtype (default float32), ``param_dtype`` the parameters' (float32);
         ``_do_init=False`` returns ``(model, params)`` as transformers does; ``seed`` / ``input_shape`` are
         accepted; transformers' loader arguments (``num_labels``, ``from_pt``, ``revision`` ...) as in
-        :func:`clip_core.backend_shared.load_pretrained`.
+        :func:`conversion.pretrained.load_pretrained`.
         """
         loaded = load_pretrained(path, cls.part, kwargs, config=config, num_labels=num_labels, cls_name=cls.__name__)
         return_params = not kwargs.pop("_do_init", True)

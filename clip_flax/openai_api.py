@@ -11,7 +11,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import jax.numpy as jnp
 
-from clip_core.backend_shared import openai_checkpoint, openai_transform
+from conversion.pretrained import openai_checkpoint, openai_transform
 
 __all__ = ["load", "tokenize", "available_models"]
 

@@ -3,13 +3,13 @@
 The causal mask makes positions after the EOT token irrelevant to the pooled state, so the
 pooled output of the prefix equals the full-length one exactly. Lengths are rounded up to a
 bucket (8, 16, 32, 64, then the context length) so at most five shapes are ever compiled
-(:func:`clip_core.backend_shared.text_prefix_length`, shared with clip_tf).
+(:func:`conversion.pretrained.text_prefix_length`, shared with clip_tf).
 """
 from __future__ import annotations
 
 import jax
 
-from clip_core.backend_shared import text_bucket as bucket_length, text_prefix_length
+from conversion.pretrained import text_bucket as bucket_length, text_prefix_length
 from clip_core.config import CLIPTextConfig
 
 __all__ = ["bucket_length", "trim_text_inputs"]

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from clip_core.backend_shared import (finish, load_pretrained, output_flags, select_part, text_bucket,  # noqa: F401
+from conversion.pretrained import (finish, load_pretrained, output_flags, select_part, text_bucket,  # noqa: F401
                                       text_prefix_length)
 from clip_core.config import CLIPConfig, as_clip_config, num_labels_of, with_labels
 from clip_core.outputs import (CLIPOutput, CLIPTextModelOutput, CLIPVisionModelOutput, ImageClassifierOutput)
@@ -110,7 +110,7 @@ class CLIPPreTrainedModel(keras.Model):
         by path, ``"default"``, an OpenAI name or a Hugging Face id in the local cache; tensors of other parts
         are dropped, anything else missing or extra is an error. ``dtype`` is the Keras dtype policy; the
         constructor's ``data_format`` / ``jit_compile`` / ``name`` pass through; transformers' loader arguments
-        (``num_labels``, ``from_pt``, ``revision`` ...) as in :func:`clip_core.backend_shared.load_pretrained`."""
+        (``num_labels``, ``from_pt``, ``revision`` ...) as in :func:`conversion.pretrained.load_pretrained`."""
         loaded = load_pretrained(path, cls.part, kwargs, config=config, num_labels=num_labels, cls_name=cls.__name__)
         unknown = set(kwargs) - _CONSTRUCTOR_KWARGS
         if unknown:

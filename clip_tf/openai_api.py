@@ -6,7 +6,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import tensorflow as tf
 
-from clip_core.backend_shared import openai_checkpoint, openai_transform
+from conversion.pretrained import openai_checkpoint, openai_transform
 
 __all__ = ["load", "tokenize", "available_models"]
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from clip_core.config import CLIPConfig, as_clip_config
-from clip_core.backend_shared import load_pretrained, select_part
+from conversion.pretrained import load_pretrained, select_part
 from clip_core.schema import from_backend, schema, to_backend
 
 from .layers import CLIPAttention, CLIPEncoder, check_attn_implementation

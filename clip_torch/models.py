@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from clip_core.backend_shared import finish, output_flags
+from conversion.pretrained import finish, output_flags
 from clip_core.config import num_labels_of, with_labels
 from clip_core.outputs import (BaseModelOutputWithPooling, CLIPOutput, CLIPTextModelOutput,
                                CLIPVisionModelOutput, ImageClassifierOutput)

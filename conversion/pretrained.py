@@ -1,5 +1,8 @@
 """What clip_torch, clip_tf and clip_flax share behind their public API (no framework imported).
 
+It lives in ``conversion`` because it is the part contract between a checkpoint and a model class
+(which tensors a part owns, how a classifier head is derived); backends import it, never the reverse.
+
 - :func:`load_pretrained`: transformers' ``from_pretrained`` arguments -> a local checkpoint read by
   ``conversion``, config overrides, the part's tensors and the classification-head rules;
 - :func:`init_weights`: transformers' random initialisation rules drawn with numpy, so every backend
@@ -20,8 +23,8 @@ from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
 
-from .config import CLIPConfig, as_clip_config, num_labels_of, with_labels
-from .schema import WeightMismatchError, schema
+from clip_core.config import CLIPConfig, as_clip_config, num_labels_of, with_labels
+from clip_core.schema import WeightMismatchError, schema
 
 __all__ = ["HUB_ONLY_KWARGS", "CONFIG_KWARGS", "Pretrained", "load_pretrained", "select_part", "init_weights",
            "output_flags", "finish", "text_bucket", "pooled_positions", "text_prefix_length", "openai_checkpoint",
@@ -68,7 +71,7 @@ def _config_arg(config: Any, revision: Optional[str], cache_dir: Any) -> Optiona
     if config is None:
         return None
     if isinstance(config, (str, os.PathLike)):
-        from .default_model import resolve_checkpoint
+        from clip_core.default_model import resolve_checkpoint
 
         return CLIPConfig.from_pretrained(resolve_checkpoint(config, revision=revision, cache_dir=cache_dir))
     if not isinstance(config, CLIPConfig) and hasattr(config, "to_dict"):  # a transformers config
@@ -91,8 +94,8 @@ def load_pretrained(name_or_path: PathLike, part: str, kwargs: dict, *, config: 
     without ``num_labels`` that is a ``WeightMismatchError``. A head of another width is an error unless
     ``ignore_mismatched_sizes=True`` (then it is replaced by a new one).
     """
-    import conversion
-    from .default_model import resolve_checkpoint
+    from . import api as conversion
+    from clip_core.default_model import resolve_checkpoint
 
     revision, cache_dir = kwargs.pop("revision", None), kwargs.pop("cache_dir", None)
     subfolder = kwargs.pop("subfolder", None) or ""
@@ -253,7 +256,7 @@ def openai_checkpoint(name: PathLike, jit: bool, download_root: Optional[PathLik
     """The local file / directory ``<backend>.load(name, jit=...)`` reads (OpenAI names looked up in
     ``download_root``, default ``~/.cache/clip``; never downloaded). ``jit=True`` warns: the returned model
     is the backend's own, not OpenAI's TorchScript archive."""
-    from .default_model import resolve_checkpoint
+    from clip_core.default_model import resolve_checkpoint
 
     if jit:
         warnings.warn(f"{backend}.load(jit=True): returning the {backend} model (there is no TorchScript "
@@ -263,7 +266,7 @@ def openai_checkpoint(name: PathLike, jit: bool, download_root: Optional[PathLik
 
 def openai_transform(image_size: int) -> Callable[[Any], np.ndarray]:
     """OpenAI's preprocessing (resize the short side, center crop, normalise): PIL image -> (3, H, W) float32."""
-    from .image_processing import CLIPImageProcessor
+    from clip_core.image_processing import CLIPImageProcessor
 
     processor = CLIPImageProcessor(mode="openai", size=image_size, crop_size=image_size)
 
