@@ -135,3 +135,43 @@ def test_extras_expand_self_references():
     assert {"tensorflow", "jax", "flax", "h5py", "msgpack", "torch"} <= declared("all")
     assert "matplotlib" in declared("test") and "jsonschema" in declared("test")
     assert "h5py" not in declared("") and "torch" not in declared("")
+
+
+# first-party layering: dependencies point one way, clip_zoo -> backends -> conversion -> clip_core
+MAY_IMPORT = {
+    "clip_core": {"clip_core"},
+    "conversion": {"clip_core", "conversion"},
+    "clip_torch": {"clip_core", "conversion", "clip_torch"},
+    "clip_tf": {"clip_core", "conversion", "clip_tf"},
+    "clip_flax": {"clip_core", "conversion", "clip_flax"},
+}
+PACKAGES = {"clip_core", "conversion", "clip_torch", "clip_tf", "clip_flax", "clip_zoo", "benchmarks"}
+
+
+def first_party_imports(path: Path, package: str) -> set[str]:
+    """First-party packages ``path`` imports (a relative import stays inside ``package``)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            found.add(package if node.level else (node.module or "").split(".")[0])
+    return found & PACKAGES
+
+
+def layering_violations(package: str) -> list[str]:
+    return [f"{path.relative_to(ROOT)} imports {sorted(bad)}" for path in _sources(package)
+            if (bad := first_party_imports(path, package) - MAY_IMPORT[package])]
+
+
+@pytest.mark.parametrize("package", sorted(MAY_IMPORT))
+def test_dependencies_point_one_way(package):
+    assert layering_violations(package) == []
+
+
+def test_layering_check_can_fail(tmp_path, monkeypatch):
+    (tmp_path / "clip_core").mkdir()
+    (tmp_path / "clip_core" / "bad.py").write_text("def f():\n    import conversion\n    from clip_torch import x\n")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    assert layering_violations("clip_core") == ["clip_core/bad.py imports ['clip_torch', 'conversion']"]
