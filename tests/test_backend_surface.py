@@ -50,7 +50,7 @@ def _params(fn, framework: str) -> list[tuple]:
     return out
 
 
-def _same(getter, backends, what: str) -> None:
+def assert_same_signatures(getter, backends, what: str) -> None:
     sigs = {fw: _params(getter(mod, fw), fw) for fw, mod in backends.items()}
     reference = sigs["torch"]
     for fw, sig in sigs.items():
@@ -71,24 +71,24 @@ def test_same_public_names(backends):
 
 @pytest.mark.parametrize("function", ["load", "tokenize", "available_models"])
 def test_openai_functions(backends, function):
-    _same(lambda mod, fw: getattr(mod, function), backends, f"{function}()")
+    assert_same_signatures(lambda mod, fw: getattr(mod, function), backends, f"{function}()")
 
 
 def test_loss_and_pooling_helpers(backends):
-    _same(lambda mod, fw: mod.clip_loss, backends, "clip_loss()")
-    _same(lambda mod, fw: importlib.import_module(f"{mod.__name__}.text").pool_positions, backends,
+    assert_same_signatures(lambda mod, fw: mod.clip_loss, backends, "clip_loss()")
+    assert_same_signatures(lambda mod, fw: importlib.import_module(f"{mod.__name__}.text").pool_positions, backends,
           "text.pool_positions()")
 
 
 @pytest.mark.parametrize("cls", CLASSES)
 @pytest.mark.parametrize("method", ["from_pretrained", "save_pretrained"])
 def test_loading_and_saving(backends, cls, method):
-    _same(lambda mod, fw: getattr(getattr(mod, cls), method), backends, f"{cls}.{method}")
+    assert_same_signatures(lambda mod, fw: getattr(getattr(mod, cls), method), backends, f"{cls}.{method}")
 
 
 @pytest.mark.parametrize("cls", CLASSES)
 def test_model_call(backends, cls):
-    _same(lambda mod, fw: getattr(getattr(mod, cls), CALL[fw]), backends, f"{cls} call")
+    assert_same_signatures(lambda mod, fw: getattr(getattr(mod, cls), CALL[fw]), backends, f"{cls} call")
 
 
 @pytest.mark.parametrize("cls", CLASSES)
@@ -97,7 +97,7 @@ def test_feature_methods(backends, cls, method):
     has = {fw: hasattr(getattr(mod, cls), method) for fw, mod in backends.items()}
     assert len(set(has.values())) == 1, f"{cls}.{method} exists in {[fw for fw, h in has.items() if h]} only"
     if has["torch"]:
-        _same(lambda mod, fw: getattr(getattr(mod, cls), method), backends, f"{cls}.{method}")
+        assert_same_signatures(lambda mod, fw: getattr(getattr(mod, cls), method), backends, f"{cls}.{method}")
 
 
 def test_documented_signatures(backends):
@@ -121,3 +121,10 @@ def test_allow_list_is_used(backends):
                 if fn is not None:
                     seen |= set(inspect.signature(fn).parameters)
         assert set(names) <= seen, f"{fw}: allow-listed but unused: {sorted(set(names) - seen)}"
+
+
+def test_signature_check_can_fail():
+    """The comparison behind every test above fails on drift (a renamed or reordered argument)."""
+    fake = {"torch": lambda a, b=1: None, "tf": lambda a, c=1: None, "flax": lambda a, b=1: None}
+    with pytest.raises(AssertionError, match="tf differs from torch"):
+        assert_same_signatures(lambda mod, fw: mod, {fw: fn for fw, fn in fake.items()}, "fake()")
