@@ -9,8 +9,9 @@ It lives in ``conversion`` because it is the part contract between a checkpoint 
   builds the same weights for the same seed (and a fresh classifier head needs no framework code);
 - :func:`output_flags` / :func:`finish`: ``output_attentions`` / ``output_hidden_states`` /
   ``return_dict`` defaults from the config, and the tuple transformers returns for ``return_dict=False``;
-- :func:`text_prefix_length`: the bucketed prefix of padded token ids that holds every pooled position;
-- :func:`openai_checkpoint` / :func:`openai_transform`: OpenAI's ``clip.load`` name handling and image transform.
+- :func:`text_prefix_length`: the bucketed prefix of padded token ids that holds every pooled position.
+
+OpenAI's ``clip`` API is built once for the three backends in :mod:`conversion.openai_api`.
 """
 from __future__ import annotations
 
@@ -18,8 +19,7 @@ import copy
 import os
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
@@ -27,8 +27,7 @@ from clip_core.config import CLIPConfig, as_clip_config, num_labels_of, with_lab
 from clip_core.schema import WeightMismatchError, schema
 
 __all__ = ["HUB_ONLY_KWARGS", "CONFIG_KWARGS", "Pretrained", "load_pretrained", "select_part", "init_weights",
-           "output_flags", "finish", "text_bucket", "pooled_positions", "text_prefix_length", "openai_checkpoint",
-           "openai_transform"]
+           "output_flags", "finish", "text_bucket", "pooled_positions", "text_prefix_length"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -250,27 +249,3 @@ def text_prefix_length(input_ids: np.ndarray, text_config: Any, bucket: bool = T
     needed = int(pooled_positions(ids, text_config.eos_token_id, text_config.legacy_eos_pooling).max()) + 1
     return text_bucket(needed, t) if bucket else min(needed, t)
 
-
-# ------------------------------------------------------------------------------------------ OpenAI API
-def openai_checkpoint(name: PathLike, jit: bool, download_root: Optional[PathLike], backend: str) -> Path:
-    """The local file / directory ``<backend>.load(name, jit=...)`` reads (OpenAI names looked up in
-    ``download_root``, default ``~/.cache/clip``; never downloaded). ``jit=True`` warns: the returned model
-    is the backend's own, not OpenAI's TorchScript archive."""
-    from clip_core.default_model import resolve_checkpoint
-
-    if jit:
-        warnings.warn(f"{backend}.load(jit=True): returning the {backend} model (there is no TorchScript "
-                      f"version); jit is accepted for compatibility", stacklevel=3)
-    return resolve_checkpoint(name, download_root)
-
-
-def openai_transform(image_size: int) -> Callable[[Any], np.ndarray]:
-    """OpenAI's preprocessing (resize the short side, center crop, normalise): PIL image -> (3, H, W) float32."""
-    from clip_core.image_processing import CLIPImageProcessor
-
-    processor = CLIPImageProcessor(mode="openai", size=image_size, crop_size=image_size)
-
-    def transform(image: Any) -> np.ndarray:
-        return np.asarray(processor(image, return_tensors="np")["pixel_values"][0], np.float32)
-
-    return transform

@@ -47,6 +47,46 @@ def pixel_inputs(config: CLIPConfig, batch: int = 2, seed: int = 0, size: Option
     return rng.normal(0.0, 1.0, (batch, v.num_channels, s, s)).astype(np.float32)
 
 
+# ------------------------------------------------------------------ one adapter per backend
+#: ``return_tensors`` kind and token-id dtype of each backend (torch takes int64 ids like transformers).
+TENSOR_KIND = {"clip_torch": ("pt", np.int64), "clip_tf": ("tf", np.int32), "clip_flax": ("jax", np.int32)}
+
+
+def framework_name(backend: Any) -> str:
+    """``torch`` / ``tf`` / ``flax`` of a backend module."""
+    return backend.__name__.split("_", 1)[1]
+
+
+def as_tensors(backend: Any, model: Any = None, **arrays: np.ndarray) -> dict[str, Any]:
+    """numpy inputs -> the backend's tensors: integer arrays become ids of the backend's id dtype; float
+    pixels take a torch ``model``'s dtype (torch needs half pixels for a half model, as transformers does)."""
+    from clip_core.tensors import convert_to_tensors
+
+    kind, ids_dtype = TENSOR_KIND[backend.__name__]
+    out = {}
+    for name, a in arrays.items():
+        a = np.ascontiguousarray(a.astype(ids_dtype) if a.dtype.kind in "iu" else a)
+        t = convert_to_tensors(a, kind)
+        if kind == "pt" and a.dtype.kind == "f" and model is not None:
+            t = t.to(next(model.parameters()).dtype)
+        out[name] = t
+    return out
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A torch / TF / jax tensor (any float dtype) -> float64 numpy."""
+    if hasattr(x, "detach"):
+        x = x.detach().float().cpu().numpy()
+    elif hasattr(x, "numpy") and not isinstance(x, np.ndarray):
+        x = x.numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def assert_close(ours: Any, ref: Any, atol: float, what: str) -> None:
+    """Two tensors of any backend (or numpy) agree to ``atol`` max abs."""
+    np.testing.assert_allclose(to_numpy(ours), to_numpy(ref), rtol=0, atol=atol, err_msg=what)
+
+
 def _flatten(value: Any, prefix: str, to_numpy: Callable[[Any], np.ndarray]) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     if value is None:

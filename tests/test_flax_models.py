@@ -14,30 +14,22 @@ pytest.importorskip("flax")
 
 import clip_flax  # noqa: E402
 import conversion  # noqa: E402
-from clip_core import WeightMismatchError, to_backend  # noqa: E402
+from clip_core import to_backend  # noqa: E402
 from clip_core.testing import random_weights, tiny_resnet_config, tiny_vit_config  # noqa: E402
+from tests.backend_harness import (EMBED_ATOL, HIDDEN_ATOL, LOGIT_ATOL, assert_close, pixel_inputs,  # noqa: E402
+                                   text_inputs)
 
-EMB, LOGIT, STATE = 1e-5, 1e-3, 1e-4  # bounds: normalized embeddings, logits, hidden states / attentions
+EMB, LOGIT, STATE = EMBED_ATOL, LOGIT_ATOL, HIDDEN_ATOL
 
 
 def _inputs(config, batch=3, seed=0):
-    """Token ids with the EOT token at different positions, a padding mask, NCHW pixels."""
-    rng = np.random.default_rng(seed)
-    t, v = 12, config.vision_config
-    ids = rng.integers(1, 49000, (batch, t)).astype(np.int32)
-    mask = np.ones((batch, t), np.int32)
-    for i in range(batch):
-        end = t - 1 - 3 * i
-        ids[i, 0], ids[i, end] = 49406, config.text_config.eos_token_id
-        ids[i, end + 1:] = 0
-        mask[i, end + 1:] = 0
-    pix = rng.normal(0, 1, (batch, v.num_channels, v.image_size, v.image_size)).astype(np.float32)
-    return ids, mask, pix
+    """The shared battery (12 tokens, EOT at different positions, padding mask) as the int32 ids jax takes."""
+    text = text_inputs(config, batch=batch, length=12, seed=seed)
+    ids, mask = text["input_ids"].astype(np.int32), text["attention_mask"].astype(np.int32)
+    return ids, mask, pixel_inputs(config, batch, seed)
 
 
-def _close(ours, ref, atol, what):
-    np.testing.assert_allclose(np.asarray(ours, np.float32), np.asarray(ref, np.float32), atol=atol, rtol=0,
-                               err_msg=what)
+_close = assert_close
 
 
 @pytest.fixture(scope="module")
@@ -126,33 +118,6 @@ def test_gelu_and_legacy_eos_pooling_match_hf_flax(tmp_path, act, eos):
     a, b = ours(ids, attention_mask=mask), ref(ids, attention_mask=mask)
     _close(a.text_embeds, b.text_embeds, STATE, "text_embeds")
     _close(a.last_hidden_state, b.last_hidden_state, STATE, "last_hidden_state")
-
-
-@pytest.mark.parametrize("cls_name,ref_field", [
-    ("CLIPTextModel", "text"), ("CLIPTextModelWithProjection", "text_proj"),
-    ("CLIPVisionModel", "vision"), ("CLIPVisionModelWithProjection", "vision_proj")])
-def test_tower_classes_match_full_model(vit, vit_dir, cls_name, ref_field):
-    model = getattr(clip_flax, cls_name).from_pretrained(vit_dir)  # drops the other tower's tensors
-    ids, mask, pix = _inputs(vit.config)
-    full = vit(input_ids=ids, pixel_values=pix, attention_mask=mask)
-    if ref_field.startswith("text"):
-        out, ref = model(ids, attention_mask=mask), full.text_model_output
-        if ref_field == "text_proj":
-            _close(out.text_embeds, vit.get_text_features(ids, attention_mask=mask), STATE, "text_embeds")
-    else:
-        out, ref = model(pix), full.vision_model_output
-        if ref_field == "vision_proj":
-            _close(out.image_embeds, vit.get_image_features(pix), STATE, "image_embeds")
-    _close(out.last_hidden_state, ref.last_hidden_state, STATE, "last_hidden_state")
-    assert getattr(clip_flax, "Flax" + cls_name) is getattr(clip_flax, cls_name)
-
-
-def test_openai_positional_call(vit):
-    ids, _, pix = _inputs(vit.config)
-    per_image, per_text = vit(pix, ids)
-    full = vit(input_ids=ids, pixel_values=pix)
-    _close(per_image, full.logits_per_image, 1e-6, "logits_per_image")
-    _close(per_text, full.logits_per_text, 1e-6, "logits_per_text")
 
 
 def test_text_bucketing_equals_full_length(vit):
@@ -255,34 +220,6 @@ def test_resnet_matches_openai(tmp_path, rn_weights):
 
 
 # ------------------------------------------------------------------------------------- loading / saving
-def test_save_pretrained_round_trip(vit, tmp_path):
-    vit.save_pretrained(tmp_path / "out")
-    _, back = conversion.load_checkpoint(tmp_path / "out")
-    ref = vit.canonical_weights()
-    assert set(back) == set(ref)
-    for k in ref:
-        np.testing.assert_array_equal(back[k], ref[k], err_msg=k)
-
-
-@pytest.mark.parametrize("damage", ["missing", "unexpected", "shape"])
-def test_strict_loading_names_the_tensor(tmp_path, damage):
-    cfg = tiny_vit_config()
-    w = random_weights(cfg, seed=6)
-    name = "text_model.encoder.layers.1.mlp.fc1.weight"
-    if damage == "missing":
-        del w[name]
-    elif damage == "unexpected":
-        w["text_model.encoder.layers.7.mlp.fc1.weight"] = w[name]
-        name = "text_model.encoder.layers.7.mlp.fc1.weight"
-    else:
-        w[name] = w[name][:, :-1]
-    from safetensors.numpy import save_file  # conversion's writers refuse damaged weights
-    save_file(w, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
-    cfg.save_pretrained(tmp_path)
-    with pytest.raises(WeightMismatchError, match=name.replace(".", r"\.")):
-        clip_flax.CLIPModel.from_pretrained(tmp_path)
-
-
 def test_msgpack_interchange_with_hf_flax(vit, hf_flax, tmp_path):
     transformers = pytest.importorskip("transformers")
     ids, mask, pix = _inputs(vit.config)
@@ -310,39 +247,7 @@ def test_resnet_save_load_round_trip(tmp_path, rn_weights, fmt):
         np.testing.assert_array_equal(back[k], weights[k], err_msg=k)
 
 
-def test_bfloat16_compute(vit_dir, vit):
-    import jax.numpy as jnp
-    model = clip_flax.CLIPModel.from_pretrained(vit_dir, dtype=jnp.bfloat16)
-    ids, mask, pix = _inputs(vit.config)
-    out = model(input_ids=ids, pixel_values=pix, attention_mask=mask)
-    ref = vit(input_ids=ids, pixel_values=pix, attention_mask=mask)
-    assert model.params["text_model"]["final_layer_norm"]["scale"].dtype == jnp.float32
-    _close(out.image_embeds, ref.image_embeds, 0.05, "bf16 image_embeds")
-    _close(out.text_embeds, ref.text_embeds, 0.05, "bf16 text_embeds")
-
-
-# ------------------------------------------------------------------------------------- OpenAI API
-def test_openai_style_api(vit_dir, vit, tmp_path):
-    from PIL import Image
-
-    model, preprocess = clip_flax.load(str(vit_dir))
-    image = Image.fromarray(np.random.default_rng(10).integers(0, 255, (40, 50, 3), dtype=np.uint8))
-    x = preprocess(image)
-    assert x.shape == (3, 32, 32) and x.dtype == np.float32
-    tokens = clip_flax.tokenize(["a photo of a cat", "a dog"])
-    assert tokens.shape == (2, 77) and tokens.dtype == np.int32
-    clip = pytest.importorskip("clip")
-    np.testing.assert_array_equal(np.asarray(tokens), clip.tokenize(["a photo of a cat", "a dog"]).numpy())
-    images = np.stack([np.asarray(x)] * 2)
-    _close(model.encode_image(images), vit.get_image_features(images), 1e-6, "encode_image")
-    _close(model.encode_text(tokens), vit.get_text_features(tokens, trim=False), 1e-5, "encode_text")
-    per_image, per_text = model(images, tokens)
-    assert per_image.shape == (2, 2) and per_text.shape == (2, 2)
-    with pytest.raises(FileNotFoundError, match="never downloads"):
-        clip_flax.load("ViT-B/32", download_root=str(tmp_path))
-    assert "RN50" in clip_flax.available_models()
-
-
+# ---------------------------------------------------------------------------- towers
 @pytest.mark.parametrize("part", ["text", "vision", "vision_with_projection"])
 def test_tower_msgpack_round_trip_and_hf_reads_it(tmp_path, vit_dir, part):
     """A tower-only model saved as HF Flax msgpack: our loader reads it back bit-exact and

@@ -94,23 +94,3 @@ def test_interpolate_pos_encoding_matches_clip_torch(vit):
     np.testing.assert_allclose(ours.pooler_output.numpy(), theirs.pooler_output.numpy(), atol=1e-4, rtol=0)
     with pytest.raises(ValueError, match="interpolate_pos_encoding"):
         model.vision_model(px)
-
-
-def test_openai_api(vit, monkeypatch):
-    path, model = vit
-    loaded, preprocess = clip_tf.load(str(path))
-    tokens = clip_tf.tokenize(["a photo of a cat", "a dog"])
-    assert tokens.shape == (2, 77) and tokens.dtype == tf.int32
-    image = pixel_inputs(model.config, batch=2)
-    logits_per_image, logits_per_text = loaded(image, tokens)
-    ref = model(input_ids=tokens, pixel_values=image)
-    np.testing.assert_allclose(logits_per_image.numpy(), ref.logits_per_image.numpy(), atol=1e-3, rtol=0)
-    np.testing.assert_allclose(logits_per_text.numpy(), ref.logits_per_image.numpy().T, atol=1e-3, rtol=0)
-    assert_embeds_close(loaded.encode_text(tokens).numpy(), ref.text_embeds.numpy())
-    assert_embeds_close(loaded.encode_image(image).numpy(), ref.image_embeds.numpy())
-    with pytest.raises(FileNotFoundError, match="never downloads"):
-        clip_tf.load("ViT-B/32")
-    from PIL import Image
-
-    pixels = preprocess(Image.new("RGB", (40, 50), (120, 30, 200)))
-    assert tuple(pixels.shape) == (3, 32, 32) and pixels.dtype == tf.float32
