@@ -51,7 +51,7 @@ def batch_norm(eps: float, param_dtype: Dtype, name: str) -> nn.BatchNorm:
 
 def avg_pool(x, s: int):
     """OpenAI's anti-aliasing ``AvgPool2d(s)`` (kernel = stride = s) on NHWC."""
-    return x if s == 1 else nn.avg_pool(x, (s, s), strides=(s, s))
+    return x if s == 1 else nn.avg_pool(x, window_shape=(s, s), strides=(s, s))  # keyword: jax2onnx patches it so
 
 
 class _Downsample(nn.Module):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import jax
 import jax.numpy as jnp
 import flax.linen as nn
 
@@ -46,15 +47,16 @@ class CLIPTextTransformer(Configured):
     def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True,
                  output_attentions: bool = False, output_hidden_states: bool = False):
         c = self.config
-        b, t = input_ids.shape
-        if t > c.max_position_embeddings:
+        t = input_ids.shape[1]
+        if isinstance(t, int) and t > c.max_position_embeddings:  # symbolic t (export): checked by the exporter
             raise ValueError(f"sequence length {t} exceeds max_position_embeddings {c.max_position_embeddings}")
         if position_ids is None:
-            position_ids = jnp.arange(t)[None, :]  # (1, T)
+            position_ids = jax.lax.broadcasted_iota(jnp.int32, input_ids.shape, 1)  # (B, T); exportable (jax2onnx)
         x = CLIPTextEmbeddings(c, self.dtype, self.param_dtype, name="embeddings")(input_ids, position_ids)
         mask = text_attention_mask(attention_mask, t)
         x, hidden, attns = CLIPEncoder(c, self.dtype, self.param_dtype, name="encoder")(
             x, mask, deterministic, output_attentions, output_hidden_states)
         x = layer_norm(x, c.layer_norm_eps, self.dtype, self.param_dtype, "final_layer_norm")  # (B, T, D)
-        pooled = x[jnp.arange(b), pool_positions(input_ids, c.eos_token_id, c.legacy_eos_pooling)]  # (B, D)
+        pool = pool_positions(input_ids, c.eos_token_id, c.legacy_eos_pooling)  # (B,)
+        pooled = jnp.take_along_axis(x, jnp.expand_dims(pool, (1, 2)), axis=1).squeeze(1)  # (B, D), exportable
         return BaseModelOutputWithPooling(x, pooled, hidden, attns)

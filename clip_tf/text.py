@@ -40,7 +40,9 @@ def text_attention_mask(attention_mask: Optional[tf.Tensor], t) -> tf.Tensor:
     Masked scores become float32's minimum, as Hugging Face's additive mask makes them."""
     allowed = tf.linalg.band_part(tf.ones([t, t], tf.bool), -1, 0)[None, None]  # lower triangle
     if attention_mask is not None:
-        allowed = tf.logical_and(allowed, tf.cast(attention_mask, tf.bool)[:, None, None, :])
+        # expand a float mask with expand_dims: a strided slice of a bool tensor needs a LiteRT Flex op
+        keys = tf.expand_dims(tf.expand_dims(tf.cast(attention_mask, tf.float32), 1), 1) > 0.5  # (B, 1, 1, T)
+        allowed = tf.logical_and(allowed, keys)  # (B, 1, T, T)
     return allowed
 
 

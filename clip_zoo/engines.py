@@ -83,6 +83,8 @@ def resolve_framework(name: Optional[str] = None) -> str:
                               "pip install 'clip-zoo[torch]' (or [tf], [flax])")
         return found[0]
     key = _ALIASES.get(name.lower(), name.lower())
+    if key == "onnx":  # the framework-free engine (``--runtime onnx``)
+        return key
     if key not in _MODULES:
         raise CLIZooError(f"unknown framework {name!r}, choose one of {', '.join(FRAMEWORKS)}")
     if not _installed(key):
@@ -263,11 +265,17 @@ _ENCODERS = {"torch": TorchEncoder, "tf": TFEncoder, "flax": FlaxEncoder}
 
 
 def load_encoder(model: Optional[str] = None, framework: Optional[str] = None,
-                 threads: Optional[int] = None, processor=None) -> Encoder:
+                 threads: Optional[int] = None, processor=None, runtime: str = "framework") -> Encoder:
     """Resolve ``model`` and ``framework`` and load the encoder (errors are :class:`CLIZooError`).
 
-    ``processor``: an image processor already built for this checkpoint (see :func:`early_processor`)."""
+    ``processor``: an image processor already built for this checkpoint (see :func:`early_processor`).
+    ``runtime="onnx"`` (or ``framework="onnx"``): ``model`` is a ``clip-zoo export --to onnx`` directory run by
+    onnxruntime, with no framework imported."""
     threads = check_threads(threads)
-    name = resolve_framework(framework)
+    name = "onnx" if runtime == "onnx" else resolve_framework(framework)
     path = resolve_model(model)
+    if name == "onnx":
+        from .onnx_engine import OnnxEncoder
+
+        return OnnxEncoder(path, threads, processor)
     return _ENCODERS[name](path, threads, processor)

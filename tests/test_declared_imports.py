@@ -31,9 +31,9 @@ CALLER_CHOSEN = {"clip_core/tensors.py": {"torch", "tensorflow", "jax"}}
 LAYERS = {
     "clip_core": ("",),
     "conversion": ("", "tf-files"),  # h5py / msgpack: lazily, behind a one-line error naming [tf-files]
-    "clip_torch": ("", "torch"),
-    "clip_tf": ("", "tf"),
-    "clip_flax": ("", "flax"),
+    "clip_torch": ("", "torch", "export"),  # export.py: onnx / onnxscript / tf2onnx / jax2onnx, lazily
+    "clip_tf": ("", "tf", "export"),  # export.py: onnx / onnxscript / tf2onnx / jax2onnx, lazily
+    "clip_flax": ("", "flax", "export"),  # export.py: onnx / onnxscript / tf2onnx / jax2onnx, lazily
     "clip_zoo": ("", "all"),
     "benchmarks": ("", "bench", "test"),  # measured against the references of the test extra
     "scripts": ("", "all"),
