@@ -18,6 +18,7 @@ from flax import traverse_util
 from conversion.pretrained import finish, init_weights, load_pretrained, output_flags, select_part
 from clip_core.config import as_clip_config, num_labels_of, with_labels
 from clip_core.schema import from_backend, to_backend
+from clip_core.precision import check_precision, verify_precision
 
 from . import modules as M
 from .text_speed import trim_text_inputs
@@ -123,6 +124,7 @@ class FlaxCLIPPreTrainedModel:
         OpenAI name or a Hugging Face id in the local cache.
 
         ``dtype`` is the compute dtype (default float32), ``param_dtype`` the parameters' (float32);
+        ``precision="bf16"`` computes in bfloat16 after checking the embeddings' bound (clip_core.precision);
         ``_do_init=False`` returns ``(model, params)`` as transformers does; ``seed`` / ``input_shape`` are
         accepted; transformers' loader arguments (``num_labels``, ``from_pt``, ``revision`` ...) as in
         :func:`conversion.pretrained.load_pretrained`.
@@ -131,10 +133,16 @@ class FlaxCLIPPreTrainedModel:
         return_params = not kwargs.pop("_do_init", True)
         kwargs.pop("input_shape", None), kwargs.pop("seed", None)
         param_dtype = kwargs.pop("param_dtype", jnp.float32)
+        precision = check_precision(kwargs.pop("precision", None), ("fp32", "bf16"), "clip_flax")
         if kwargs:
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(kwargs)}")
+        dtype = jnp.bfloat16 if precision == "bf16" else dtype
         model = cls(loaded.config, dtype=dtype, _do_init=False, param_dtype=param_dtype, num_labels=loaded.num_labels)
         model.load_canonical(loaded.weights, source=loaded.source)
+        if precision == "bf16":  # checked against the same weights in float32
+            reference = cls(loaded.config, _do_init=False, num_labels=loaded.num_labels)
+            reference.load_canonical(loaded.weights, source=loaded.source)
+            verify_precision(precision, reference, model)
         return loaded.result((model, model.params) if return_params else model)
 
     def canonical_weights(self) -> dict[str, np.ndarray]:

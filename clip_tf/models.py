@@ -14,6 +14,7 @@ from conversion.pretrained import (finish, load_pretrained, output_flags, select
 from clip_core.config import CLIPConfig, as_clip_config, num_labels_of, with_labels
 from clip_core.outputs import (CLIPOutput, CLIPTextModelOutput, CLIPVisionModelOutput, ImageClassifierOutput)
 from clip_core.schema import from_backend, to_backend
+from clip_core.precision import check_precision, verify_precision
 
 from .primitives import Dense, named_variables, param, policy_dtype
 from .resnet import ModifiedResNet
@@ -110,13 +111,19 @@ class CLIPPreTrainedModel(keras.Model):
         by path, ``"default"``, an OpenAI name or a Hugging Face id in the local cache; tensors of other parts
         are dropped, anything else missing or extra is an error. ``dtype`` is the Keras dtype policy; the
         constructor's ``data_format`` / ``jit_compile`` / ``name`` pass through; transformers' loader arguments
-        (``num_labels``, ``from_pt``, ``revision`` ...) as in :func:`conversion.pretrained.load_pretrained`."""
+        (``num_labels``, ``from_pt``, ``revision`` ...) as in :func:`conversion.pretrained.load_pretrained`.
+        ``precision="bf16"`` is the ``mixed_bfloat16`` policy, after checking the embeddings' bound."""
         loaded = load_pretrained(path, cls.part, kwargs, config=config, num_labels=num_labels, cls_name=cls.__name__)
+        precision = check_precision(kwargs.pop("precision", None), ("fp32", "bf16"), "clip_tf")
         unknown = set(kwargs) - _CONSTRUCTOR_KWARGS
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(unknown)}")
-        model = cls(loaded.config, dtype=dtype, **kwargs)
+        model = cls(loaded.config, dtype="mixed_bfloat16" if precision == "bf16" else dtype, **kwargs)
         model.load_canonical(loaded.weights, source=loaded.source)
+        if precision == "bf16":  # checked against the same weights in float32
+            reference = cls(loaded.config, **kwargs)
+            reference.load_canonical(loaded.weights, source=loaded.source)
+            verify_precision(precision, reference, model)
         return loaded.result(model)
 
     def save_pretrained(self, directory: Union[str, os.PathLike], *, format: str = "canonical", dtype=None):

@@ -134,9 +134,11 @@ class CLIPPreTrainedModel(nn.Module):
         ``attn_implementation``, ``device_map`` (one device: ``"cpu"``, ``"cuda"``, ``"auto"``), ``num_labels``,
         ``ignore_mismatched_sizes``, ``output_loading_info``, ``revision``, ``cache_dir``, ``subfolder``, config
         overrides, and the download / format switches, which change nothing (``from_tf`` ...). ``device=``
-        places the weights directly.
+        places the weights directly. ``precision="bf16"|"int8"`` converts the loaded float32 model for
+        inference (:func:`clip_torch.precision.apply_precision`, checked against its accuracy bound).
         """
         attn = check_attn_implementation(kwargs.pop("attn_implementation", None))
+        precision = kwargs.pop("precision", None)
         loaded = load_pretrained(path, cls.part, kwargs, config=config, num_labels=num_labels, cls_name=cls.__name__)
         dtype = _torch_dtype(kwargs.pop("torch_dtype", dtype))
         device = _device(kwargs.pop("device_map", None), kwargs.pop("device", None))
@@ -144,6 +146,10 @@ class CLIPPreTrainedModel(nn.Module):
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(kwargs)}")
         model = cls.from_canonical(loaded.config, loaded.weights, attn_implementation=attn, dtype=dtype,
                                    device=device, source=loaded.source)
+        if precision is not None:
+            from .precision import apply_precision
+
+            model = apply_precision(model, precision)
         return loaded.result(model)
 
     @classmethod
@@ -188,6 +194,10 @@ class CLIPPreTrainedModel(nn.Module):
         ``conversion`` format (``"tf"``, ``"flax"``, ``"openai"``, ``"open_clip"``; towers: canonical / hf / flax);
         ``dtype``: None (as stored), ``"fp16"``, ``"bf16"``."""
         import conversion
+
+        if getattr(self, "precision", "fp32") == "int8":
+            raise ValueError(f"this {type(self).__name__} runs with precision='int8' (quantized, inference only) and "
+                             "has no float weights to save; save the model loaded without precision=")
 
         return Path(conversion.save_checkpoint(directory, self._config_to_save(), self.canonical_weights(),
                                                format=format, dtype=dtype, part=self.part))
