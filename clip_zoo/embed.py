@@ -48,13 +48,17 @@ def add_parser(sub) -> None:
                        description="Embed images and/or texts with a CLIP model. Writes OUT.npy (L2-normalized "
                                    "rows), OUT.index.jsonl and OUT.meta.json. Resumable: rerun the same command "
                                    "after an interruption and finished batches are not redone.")
-    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders (recursive) or glob patterns")
+    p.add_argument("inputs", nargs="*", metavar="INPUT", help="image files, folders (recursive), glob patterns, "
+                   ".parquet/.csv/.jsonl tables of paths, or WebDataset .tar shards (or a folder of them)")
     p.add_argument("--texts", metavar="FILE", help="a text file: one text to embed per line")
-    p.add_argument("--out", required=True, help="output .npy file")
+    p.add_argument("--out", required=True, help="output .npy file (a folder with --format parquet)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--restart", action="store_true", help="discard a previous unfinished run's work dir")
     p.add_argument("--keep-work", action="store_true", help="keep the per-batch shards after assembling")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    from .embed_io import add_arguments
+
+    add_arguments(p)  # tables / WebDataset in, --format parquet out, --engine ray (clip_zoo/embed_io.py)
     p.set_defaults(run=run)
 
 
@@ -257,16 +261,18 @@ def _text_key(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------- plan and shards
-def _make_plan(items: list, model_ref: str, framework: str, batch_size: int) -> dict:
-    """Fixed batches: image items first, then text items; never a batch of mixed kinds."""
+def _make_plan(items: list, model_ref: str, framework: str, batch_size: int, precision: str = "fp32") -> dict:
+    """Fixed batches: image items first, then text items; never a batch of mixed kinds. A precision other
+    than fp32 is part of the digest (a work dir of another precision is not resumed)."""
     batches, start = [], 0
     for kind in ("image", "text"):
         n = sum(1 for k, _ in items if k == kind)
         batches += [[s, min(s + batch_size, start + n)] for s in range(start, start + n, batch_size)]
         start += n
-    digest = hashlib.sha256(json.dumps([items, model_ref, framework, batch_size]).encode()).hexdigest()
+    key = [items, model_ref, framework, batch_size] + ([precision] if precision != "fp32" else [])
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()
     return {"version": PLAN_VERSION, "model": model_ref, "framework": framework, "batch_size": batch_size,
-            "digest": digest, "items": items, "batches": batches}
+            "precision": precision, "digest": digest, "items": items, "batches": batches}
 
 
 def _open_work_dir(work: Path, plan: dict, restart: bool) -> None:
@@ -382,6 +388,21 @@ def _to_redo(plan: dict, work: Path, model_key: Future, threads: Optional[int]) 
     return sorted(todo), kept
 
 
+def encode_batch(encoder, loader, kind: str, values: list, futures: Optional[list] = None) -> tuple:
+    """One batch of ``kind`` (image paths decoded by ``loader``, or texts) → ``(embeds (n_ok, D),
+    ok positions, {position: error}, input fingerprints)``; shared by both engines (clip_zoo/embed_ray.py)."""
+    from .classify import check_finite
+
+    if kind == "text":
+        embeds = check_finite(encoder.encode_texts(values), lambda r: f"the text {values[r]!r}")
+        return np.asarray(embeds, np.float32), list(range(len(values))), {}, [_text_key(v) for v in values]
+    keys: list = []
+    pixels, ok, errors = loader.collect(values, futures if futures is not None else loader.submit(values), keys)
+    embeds = (check_finite(encoder.encode_images(pixels), lambda r: f"image {values[ok[r]]}")  # (n_ok, D)
+              if pixels is not None else np.zeros((0, encoder.dim), np.float32))
+    return np.asarray(embeds, np.float32), ok, errors, keys
+
+
 #: Images decoded ahead of the model (at least two batches): ~150 MB of 224 px float32 pixels.
 PREFETCH_IMAGES = 256
 
@@ -429,18 +450,9 @@ class _Runner:
                 self.started[k] = (values, self.loader.submit(values))
 
     def _finish(self, encoder, k: int, idx: list[int]) -> int:
-        from .classify import check_finite
-
         kind, values = self._kind_values(k, idx)
-        if kind == "text":
-            embeds = check_finite(encoder.encode_texts(values), lambda r: f"the text {values[r]!r}")
-            ok, errors, keys = list(range(len(values))), {}, [_text_key(v) for v in values]
-        else:
-            values, futures = self.started.pop(k)
-            keys: list = []
-            pixels, ok, errors = self.loader.collect(values, futures, keys)  # (n_ok, 3, H, W)
-            embeds = (check_finite(encoder.encode_images(pixels), lambda r: f"image {values[ok[r]]}")
-                      if pixels is not None else np.zeros((0, encoder.dim), np.float32))
+        values, futures = self.started.pop(k) if kind == "image" else (values, None)
+        embeds, ok, errors, keys = encode_batch(encoder, self.loader, kind, values, futures)
         s, e = self.plan["batches"][k]
         old = self.kept.get(k)
         shard = _merge(e - s, old, idx, np.asarray(embeds, np.float32), ok, errors, keys,
@@ -549,7 +561,10 @@ def run(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise CLIZooError("--batch-size must be at least 1, pass a positive number")
     check_threads(args.threads)
-    paths = output_paths(args.out)
+    parquet = getattr(args, "format", "npy") == "parquet"
+    if parquet:
+        from .embed_io import parquet_paths
+    paths = parquet_paths(args.out) if parquet else output_paths(args.out)
     with OutputLock(paths["npy"]):  # a second run on this --out stops here, at once
         hasher = ThreadPoolExecutor(1, thread_name_prefix="clip-zoo-model-hash")
         try:
@@ -559,17 +574,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_locked(args: argparse.Namespace, paths: dict, hasher: ThreadPoolExecutor) -> int:
-    from .engines import early_processor, load_encoder, resolve_framework, resolve_model
-    from .inputs import expand_images, read_texts
+    from .engines import check_precision_arg, early_processor, load_encoder, resolve_framework, resolve_model
+    from .embed_io import expand_inputs
+    from .inputs import read_texts
 
-    items = [["image", p] for p in (expand_images(args.inputs) if args.inputs else [])]
+    items, extra, notes = expand_inputs(args.inputs, getattr(args, "cache", None)) if args.inputs else ([], [], [])
     items += [["text", t] for t in (read_texts(args.texts) if args.texts else [])]
     framework = resolve_framework(args.framework)
     model_path = resolve_model(args.model)
     model_key = hasher.submit(model_fingerprint, model_path)  # overlaps the work dir check and the model load
     model_ref = "default" if args.model in (None, "default") else str(Path(model_path).resolve())
-    plan = _make_plan(items, model_ref, framework, args.batch_size)
+    precision = check_precision_arg(getattr(args, "precision", None))
+    plan = _make_plan(items, model_ref, framework, args.batch_size, precision)
     _open_work_dir(paths["work"], plan, args.restart)
+    plan["extra"] = extra + [None] * (len(items) - len(extra))  # keys and captions: output metadata, not in the digest
     _remove_stale_temps(paths["npy"].parent, [re.escape(paths[k].name) for k in ("npy", "index", "meta")])
     todo, kept = _to_redo(plan, paths["work"], model_key, args.threads)
     max_pixels = getattr(args, "max_pixels", None)
@@ -578,24 +596,38 @@ def _run_locked(args: argparse.Namespace, paths: dict, hasher: ThreadPoolExecuto
     dim = None if todo else next((sh["embeds"].shape[1] for sh in kept.values() if len(sh["ok"])), None)
     try:
         t0 = time.time()
-        if dim is None:  # something to compute (a finished work dir needs no model)
+        if dim is None and getattr(args, "engine", "local") == "ray":  # clip_zoo/embed_ray.py
+            from .embed_ray import run_ray
+
+            t0, dim = time.time(), run_ray(plan, paths["work"], todo, runner, args)
+        elif dim is None:  # something to compute (a finished work dir needs no model)
             runner.prefetch()  # decode the first batches while the framework and the weights load
-            encoder = load_encoder(args.model, framework, args.threads, processor=runner.processor)
+            encoder = load_encoder(args.model, framework, args.threads, processor=runner.processor, precision=precision)
             dim, t0 = encoder.dim, time.time()
             with _progress(len(items), len(items) - sum(len(idx) for _, idx in todo), args.progress) as bar:
                 runner.run(encoder, bar)
     finally:
         runner.close()
-    meta = {"model": model_ref, "framework": framework, "dim": dim, "batch_size": args.batch_size,
-            "model_sha256": model_key.result()}
-    emb, skipped = _assemble(plan, runner.kept, paths, meta)
+    meta = {"model": model_ref, "framework": framework, "precision": precision, "dim": dim,
+            "batch_size": args.batch_size, "model_sha256": model_key.result()}
+    if "dir" in paths:  # --format parquet
+        from .embed_io import write_parquet
+
+        count, skipped = write_parquet(plan, runner.kept, paths, dict(meta, engine=args.engine), args.dtype,
+                                       getattr(runner, "preprocessing", None) or runner.processor)
+        shape = (count, dim)
+    else:
+        emb, skipped = _assemble(plan, runner.kept, paths, meta)
+        shape = tuple(emb.shape)
     if not args.keep_work:
         shutil.rmtree(paths["work"], ignore_errors=True)
     for s in skipped:
         print(f"clip-zoo: skipped {s['path']}: {s['error']}", file=sys.stderr)
+    for n in notes:  # WebDataset samples without an image
+        print(f"clip-zoo: skipped {n}", file=sys.stderr)
     seconds = max(time.time() - t0, 1e-9)
     computed = runner.computed
-    print(f"embedded {len(emb)} of {len(items)} inputs ({len(skipped)} skipped; {computed} computed, "
-          f"{len(items) - computed} reused) -> {paths['npy']} {tuple(emb.shape)} in {seconds:.1f}s "
+    print(f"embedded {shape[0]} of {len(items)} inputs ({len(skipped)} skipped; {computed} computed, "
+          f"{len(items) - computed} reused) -> {paths['npy']} {shape} in {seconds:.1f}s "
           f"({computed / seconds:.1f} items/s)", file=sys.stderr)
     return 0

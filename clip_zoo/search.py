@@ -23,6 +23,10 @@ def add_parser(sub) -> None:
     p.add_argument("query", metavar="QUERY", help="a text, or the path of an image file")
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--index", default=None, metavar="PATH",
+                   help="search a `clip-zoo index` file instead of every vector (EMBEDDINGS: its source)")
+    p.add_argument("--nprobe", type=int, default=None,
+                   help="with --index: IVF lists (or HNSW efSearch) to visit (default: the tuned value)")
     p.set_defaults(run=run)
 
 
@@ -53,12 +57,17 @@ def run(args: argparse.Namespace) -> int:
     if args.top_k < 1:
         raise CLIZooError("--top-k must be at least 1, pass a positive number")
     check_threads(args.threads)
+    if getattr(args, "index", None) or Path(args.embeddings).is_dir():  # clip_zoo/index_search.py
+        from .index_search import run_indexed
+
+        return run_indexed(args, _encode_query, print_hits)
     emb, index, meta = read_embeddings(args.embeddings)
     rows = [r["row"] for r in index if r["kind"] == "image"] or [r["row"] for r in index]
     if not rows:
         raise CLIZooError(f"{args.embeddings} holds no embeddings, embed some images first")
     model = args.model if args.model is not None else meta.get("model")
-    encoder = load_encoder(model, args.framework or meta.get("framework"), args.threads)
+    encoder = load_encoder(model, args.framework or meta.get("framework"), args.threads,
+                           precision=getattr(args, "precision", None))
     if encoder.dim != emb.shape[1]:
         raise CLIZooError(f"the embeddings are {emb.shape[1]}-dimensional but model {model} gives {encoder.dim}, "
                           f"search with the model that made them ({meta.get('model')})")
