@@ -37,6 +37,10 @@ SUITE = {
     "conversion": ("benchmarks.bench_conversion", ()),
     "coldstart": ("benchmarks.bench_coldstart", ("transformers",)),
     "e2e": ("benchmarks.bench_e2e", ("torch", "transformers")),
+    "serve": ("benchmarks.bench_serve", ("torch", "fastapi", "uvicorn", "httpx")),
+    "precision": ("benchmarks.bench_precision", ("torch", "onnxruntime")),
+    "index": ("benchmarks.bench_index", ("faiss",)),  # clip-zoo index: build time, recall@10, p50 latency
+    "embed_ray": ("benchmarks.bench_embed_ray", ("torch", "ray")),  # embed --engine ray vs in-process
 }
 
 

@@ -10,13 +10,14 @@
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch import nn
 
-from clip_core.precision import PRECISIONS, check_embeddings, check_precision, probe_inputs
+from clip_core.precision import PRECISIONS, PrecisionError, check_embeddings, check_precision, probe_inputs
 
 from .layers import CLIPAttention, LayerNorm, Linear
 
@@ -34,9 +35,11 @@ class Int8Linear(nn.Module):
         w = linear.weight.detach().float()  # (O, I)
         scale = (w.abs().amax(dim=1).clamp_min(1e-12) / 127.0).double()  # (O,)
         zero = torch.zeros_like(scale, dtype=torch.long)
-        q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
         bias = None if linear.bias is None else linear.bias.detach().float()
-        self._packed = torch.ops.quantized.linear_prepack(q, bias)
+        with warnings.catch_warnings():  # torch >= 2.14 marks quantized tensors deprecated (torchao replaces them)
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+            self._packed = torch.ops.quantized.linear_prepack(q, bias)
         self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,9 +65,20 @@ def _to_bf16(model: nn.Module) -> None:
             module.register_forward_pre_hook(_float32_input)
 
 
+def _int8_available() -> bool:
+    """This torch has the quantized CPU kernels (fbgemm) the int8 path calls."""
+    try:
+        return ("fbgemm" in torch.backends.quantized.supported_engines
+                and hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(torch, "quantize_per_channel"))
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _to_int8(model: nn.Module) -> None:
-    if "fbgemm" in torch.backends.quantized.supported_engines:
-        torch.backends.quantized.engine = "fbgemm"
+    if not _int8_available():
+        raise PrecisionError(f"precision='int8' needs torch's fbgemm quantized kernels, which torch {torch.__version__} "
+                             "on this machine lacks; use precision='bf16' or an int8 ONNX export (clip-zoo export --int8)")
+    torch.backends.quantized.engine = "fbgemm"
     for name, module in list(model.named_modules()):
         if ".encoder." not in f".{name}.":
             continue

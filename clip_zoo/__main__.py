@@ -60,6 +60,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     from .engines import threads_arg
     from .images import DEFAULT_MAX_PIXELS, max_pixels_arg
 
+    p.add_argument("--runtime", choices=("framework", "onnx"), default="framework",
+                   help="framework: run the checkpoint in --framework; onnx: run a `clip-zoo export --to onnx` "
+                        "directory (--model) with onnxruntime, no framework needed")
+    p.add_argument("--precision", choices=("fp32", "bf16", "int8"), default="fp32",
+                   help="inference precision: fp32 (default), bf16 (every framework) or int8 (torch); a lower "
+                        "precision is refused when its embeddings leave its cosine bound to fp32")
     p.add_argument("--threads", type=threads_arg, default=None,
                    help="threads for the framework and the image loader (1 to 4 per CPU)")
     p.add_argument("--max-pixels", type=max_pixels_arg, default=DEFAULT_MAX_PIXELS, metavar="N",
@@ -84,6 +90,19 @@ def build_parser() -> argparse.ArgumentParser:
                    add_help=False)
     inspect_cmds.add_parsers(sub)
     _add_parity(sub)
+    from . import index
+
+    index.add_parser(sub)  # `clip-zoo index`: a faiss index for `search --index`
+    from . import export
+
+    export.add_parser(sub)
+    from . import evaluate
+
+    evaluate.add_parser(sub)  # `clip-zoo eval zeroshot|retrieval|linear-probe`
+    from . import serve
+
+    serve.add_parser(sub)  # `clip-zoo serve`: the HTTP service
+    _common(sub.choices["serve"])
     return parser
 
 
@@ -109,6 +128,8 @@ def _dispatch(argv: list[str]) -> int:
 
         return convert(argv[1:], prog="clip-zoo convert")
     args = build_parser().parse_args(argv)
+    if getattr(args, "runtime", None) == "onnx":  # the engines know the onnx runtime as a framework name
+        args.framework = "onnx"
     return args.run(args)
 
 

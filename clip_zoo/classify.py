@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise CLIZooError("--top-k and --batch-size must be at least 1, pass a positive number")
     check_threads(args.threads)
     paths = expand_images(args.images)
-    encoder = load_encoder(args.model, args.framework, args.threads)
+    encoder = load_encoder(args.model, args.framework, args.threads, precision=args.precision)
     weights = zs.build_zero_shot_weights(encoder.encode_texts, labels, templates)  # (D, L)
     check_finite(np.asarray(weights).T, lambda i: f"the prompts of label {labels[i]!r}")
     loader = ImageLoader(encoder.processor, args.threads, max_pixels=getattr(args, "max_pixels", None))

@@ -150,9 +150,10 @@ class Encoder:
 
     framework = ""
 
-    def __init__(self, path: Path, threads: Optional[int] = None, processor=None) -> None:
+    def __init__(self, path: Path, threads: Optional[int] = None, processor=None, precision: str = "fp32") -> None:
         self.path = Path(path)
         self.threads = threads
+        self.precision = precision
         self.backend = import_framework(_MODULES[self.framework][1])
         self._setup_threads(threads)
         self.model = self._load(self.path)
@@ -170,7 +171,12 @@ class Encoder:
         """Limit the framework's intra-op threads (no-op by default)."""
 
     def _load(self, path: Path):
-        return self.backend.CLIPModel.from_pretrained(path)
+        from clip_core.precision import PrecisionError
+
+        try:
+            return self.backend.CLIPModel.from_pretrained(path, precision=self.precision)
+        except PrecisionError as err:
+            raise CLIZooError(f"{err}") from None
 
     def _image_features(self, pixel_values: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -265,17 +271,33 @@ _ENCODERS = {"torch": TorchEncoder, "tf": TFEncoder, "flax": FlaxEncoder}
 
 
 def load_encoder(model: Optional[str] = None, framework: Optional[str] = None,
-                 threads: Optional[int] = None, processor=None, runtime: str = "framework") -> Encoder:
+                 threads: Optional[int] = None, processor=None, runtime: str = "framework",
+                 precision: Optional[str] = None) -> Encoder:
     """Resolve ``model`` and ``framework`` and load the encoder (errors are :class:`CLIZooError`).
 
     ``processor``: an image processor already built for this checkpoint (see :func:`early_processor`).
     ``runtime="onnx"`` (or ``framework="onnx"``): ``model`` is a ``clip-zoo export --to onnx`` directory run by
-    onnxruntime, with no framework imported."""
+    onnxruntime, with no framework imported. ``precision``: ``fp32`` (default), ``bf16`` or ``int8`` (see
+    :mod:`clip_core.precision`; an ONNX export has its precision fixed at export time)."""
     threads = check_threads(threads)
+    precision = check_precision_arg(precision)
     name = "onnx" if runtime == "onnx" else resolve_framework(framework)
     path = resolve_model(model)
     if name == "onnx":
         from .onnx_engine import OnnxEncoder
 
+        if precision != "fp32":
+            raise CLIZooError(f"--precision {precision} applies to the frameworks; an ONNX export's precision is set "
+                              "when exporting (clip-zoo export --int8 / --dtype)")
         return OnnxEncoder(path, threads, processor)
-    return _ENCODERS[name](path, threads, processor)
+    return _ENCODERS[name](path, threads, processor, precision)
+
+
+def check_precision_arg(precision: Optional[str]) -> str:
+    """``--precision`` as ``fp32`` / ``bf16`` / ``int8`` (None: ``fp32``), else a :class:`CLIZooError`."""
+    from clip_core.precision import PrecisionError, check_precision
+
+    try:
+        return check_precision(precision)
+    except PrecisionError as err:
+        raise CLIZooError(str(err)) from None

@@ -114,11 +114,12 @@ class Service:
 
     def __init__(self, model: Optional[str], framework: Optional[str], threads: Optional[int], limits: Limits,
                  index: Optional[SearchIndex] = None, api_key: Optional[bytes] = None, max_batch: int = 64,
-                 max_wait: float = 0.005, max_queue: int = 256, cors_origins: tuple = ()) -> None:
+                 max_wait: float = 0.005, max_queue: int = 256, cors_origins: tuple = (),
+                 precision: str = "fp32") -> None:
         from .serve_batcher import Batcher
         from .serve_metrics import Metrics
 
-        self.model_spec, self.framework, self.threads = model, framework, threads
+        self.model_spec, self.framework, self.threads, self.precision = model, framework, threads, precision
         self.model_id = "default" if model in (None, "default") else str(model)
         self.limits, self.index, self.api_key, self.cors_origins = limits, index, api_key, tuple(cors_origins)
         self.metrics = Metrics()
@@ -141,7 +142,7 @@ class Service:
 
         try:
             runtime = {"runtime": "onnx"} if self.framework == "onnx" else {}  # the framework-free engine
-            encoder = load_encoder(self.model_spec, self.framework, self.threads, **runtime)
+            encoder = load_encoder(self.model_spec, self.framework, self.threads, precision=self.precision, **runtime)
             encoder.tokenizer  # built here, on the model thread, not racily by the first requests
             if self.index is not None and encoder.dim != self.index.dim:
                 raise CLIZooError(f"the index is {self.index.dim}-dimensional but model {self.model_id} gives "
@@ -226,7 +227,7 @@ def build_service(args: argparse.Namespace) -> Service:
     limits = Limits(max_body=int(args.max_body_mb * 1024 * 1024), max_inputs=args.max_inputs,
                     max_text_chars=args.max_text_chars, max_pixels=args.max_pixels)
     return Service(model, framework, args.threads, limits, index, api_key, args.max_batch,
-                   args.max_wait_ms / 1000.0, args.max_queue, args.cors_origin)
+                   args.max_wait_ms / 1000.0, args.max_queue, args.cors_origin, args.precision)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,0 +1,186 @@
+"""Inference precisions, one run: our fp32 / bf16 / int8 paths against transformers and ONNX Runtime.
+
+``python -m benchmarks.bench_precision [--quick]``: ViT-B/32 image encoding at batch 16 and text encoding
+of 64 short prompts (77-padded), on the same random weights, in
+
+- clip_torch fp32, bf16 and int8; clip_flax and clip_tf fp32 and bf16 (``from_pretrained(precision=)``);
+- transformers 4.57 ``CLIPModel`` in fp32 and with ``torch_dtype=bfloat16``;
+- ONNX Runtime on graphs written by ``clip-zoo export --to onnx`` (torch), fp32 and ``--int8``;
+
+all interleaved, with the same-run rates of a 2048³ matmul in fp32, bf16 (torch) and int8 (torch's
+dynamic quantized linear) as the ceilings. Every contender's features are checked against our fp32
+ones first (least cosine similarity, recorded). ``--quick`` uses the bundled model (image b16, text
+b8, one round) to prove the command works; writes ``results/precision[_quick].json``.
+"""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from clip_core.precision import min_cosine
+
+from .common import interleaved, timed, write_result
+from .model_inputs import checkpoint, images, text_inputs
+
+MATMUL_N = 2048
+
+
+def _torch_contenders(path: Path, px: np.ndarray, ids: np.ndarray) -> dict[str, tuple[Callable, Callable]]:
+    import torch
+
+    import clip_torch
+
+    out = {}
+    for precision in ("fp32", "bf16", "int8"):
+        model = clip_torch.CLIPModel.from_pretrained(path, precision=precision)
+        out[f"torch_{precision}"] = _torch_pair(model, px, ids, torch.bfloat16 if precision == "bf16" else None)
+    try:
+        import transformers
+    except ImportError:
+        return out
+    for name, dtype in (("transformers_fp32", torch.float32), ("transformers_bf16", torch.bfloat16)):
+        model = transformers.CLIPModel.from_pretrained(str(path), torch_dtype=dtype).eval()
+        out[name] = _torch_pair(model, px, ids, dtype if dtype != torch.float32 else None)
+    return out
+
+
+def _torch_pair(model, px: np.ndarray, ids: np.ndarray, pixel_dtype) -> tuple[Callable, Callable]:
+    import torch
+
+    pixels = torch.from_numpy(px) if pixel_dtype is None else torch.from_numpy(px).to(pixel_dtype)
+    tokens = torch.from_numpy(ids.astype(np.int64))
+
+    def image():
+        with torch.inference_mode():
+            return model.get_image_features(pixel_values=pixels).float().numpy()
+
+    def text():
+        with torch.inference_mode():
+            return model.get_text_features(input_ids=tokens).float().numpy()
+
+    return image, text
+
+
+def _numpy_contenders(backend: str, path: Path, px: np.ndarray, ids: np.ndarray) -> dict:
+    import importlib
+
+    module = importlib.import_module(backend)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        model = module.CLIPModel.from_pretrained(path, precision=precision)
+        out[f"{backend.split('_')[1]}_{precision}"] = (
+            lambda m=model: np.asarray(m.get_image_features(px), np.float32),
+            lambda m=model: np.asarray(m.get_text_features(ids.astype(np.int32)), np.float32))
+    return out
+
+
+def _onnx_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) -> dict:
+    from clip_zoo.onnx_engine import OnnxEncoder
+
+    out = {}
+    for name, flags in (("onnxruntime_fp32", []), ("onnxruntime_int8", ["--int8"])):
+        target = root / name
+        cmd = [sys.executable, "-m", "clip_zoo", "export", str(path), str(target), "--to", "onnx",
+               "--framework", "torch", *flags]
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+        enc = OnnxEncoder(target)
+        mask = (ids != 0).astype(np.int64)
+        mask[:, 0] = 1
+        out[name] = (lambda e=enc: e._image_features(px), lambda e=enc: e._text_features(ids, mask))
+    return out
+
+
+def _matmul_rates(repeats: int) -> dict[str, float]:
+    """Same-run GFLOP/s (GOP/s for int8) of a 2048³ product in fp32, bf16 and int8 (dynamic quantized linear)."""
+    import torch
+
+    n = MATMUL_N
+    a = torch.randn(n, n)
+    b = torch.randn(n, n)
+    linear = torch.nn.Linear(n, n, bias=False)
+    linear.weight.data.copy_(b)
+    from clip_torch.precision import Int8Linear
+
+    q = Int8Linear(linear)
+    a16, b16 = a.bfloat16(), b.bfloat16()
+    fns = {"fp32": lambda: torch.mm(a, b), "bf16": lambda: torch.mm(a16, b16), "int8": lambda: q(a)}
+    with torch.inference_mode():
+        t = interleaved(fns, repeats=max(repeats, 1), warmup=1)
+    return {k: 2 * n ** 3 / v["median"] / 1e9 for k, v in t.items()}
+
+
+def _case(contenders: dict[str, Callable], repeats: int) -> dict:
+    outputs = {name: fn() for name, fn in contenders.items()}
+    cosine = {name: min_cosine(outputs["torch_fp32"], out) for name, out in outputs.items()}
+    timings = interleaved(contenders, repeats=repeats, warmup=0) if repeats else \
+        {name: {"median": timed(fn), "min": 0.0, "max": 0.0} for name, fn in contenders.items()}
+    base = timings["torch_fp32"]["median"]
+    return {"timings": timings, "min_cosine_to_torch_fp32": cosine,
+            "speedup_vs_torch_fp32": {name: base / t["median"] for name, t in timings.items()}}
+
+
+def _ratios(result: dict) -> dict[str, float]:
+    out = {}
+    for case in ("image", "text"):
+        s = result[case]["speedup_vs_torch_fp32"]
+        for name in s:
+            if name != "torch_fp32":
+                out[f"{case}_{name}_vs_torch_fp32"] = s[name]
+        t = {k: v["median"] for k, v in result[case]["timings"].items()}
+        if "onnxruntime_int8" in t:
+            out[f"{case}_torch_int8_vs_onnxruntime_int8"] = t["onnxruntime_int8"] / t["torch_int8"]
+            out[f"{case}_torch_fp32_vs_onnxruntime_fp32"] = t["onnxruntime_fp32"] / t["torch_fp32"]
+        if "transformers_bf16" in t:
+            out[f"{case}_torch_bf16_vs_transformers_bf16"] = t["transformers_bf16"] / t["torch_bf16"]
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench_precision", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the bundled model, small batches, one round")
+    args = parser.parse_args(argv)
+    repeats, text_batch = (1, 8) if args.quick else (5, 64)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        if args.quick:
+            from clip_core.default_model import default_model_path
+
+            path, size = default_model_path(), None
+        else:
+            config, _, path = checkpoint("ViT-B/32", root)
+            size = config.vision_config.image_size
+        if size is None:
+            from clip_core import CLIPConfig
+
+            size = CLIPConfig.from_pretrained(path).vision_config.image_size
+        px = images((16,), size=size)[16]
+        ids = text_inputs(text_batch, long=False)[f"text_b{text_batch}"]
+        start = time.perf_counter()
+        pairs = _torch_contenders(path, px, ids)
+        for backend in ("clip_flax", "clip_tf"):
+            pairs.update(_numpy_contenders(backend, path, px, ids))
+        pairs.update(_onnx_contenders(path, px, ids, root))
+        setup = time.perf_counter() - start
+        result = {case: _case({n: p[i] for n, p in pairs.items()}, repeats)
+                  for i, case in enumerate(("image", "text"))}
+    result["matmul_rates"] = _matmul_rates(repeats)
+    result["ratios"] = _ratios(result)
+    result["setup_s"] = setup
+    result["model"] = "bundled default" if args.quick else "ViT-B/32 (random weights)"
+    out = write_result("precision_quick" if args.quick else "precision", result)
+    for key, value in result["ratios"].items():
+        print(f"{key}: {value:.2f}x")
+    print("matmul GFLOP/s: " + ", ".join(f"{k} {v:.0f}" for k, v in result["matmul_rates"].items()))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
