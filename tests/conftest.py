@@ -75,7 +75,14 @@ _SLOW = {"test_mirrored_strategy_on_logical_cpus", "test_fit_reduces_loss", "tes
          "test_backends_agree_on_random_architectures", "test_kill_9_during_convert_into_an_existing_folder",
          "test_data_parallel_mesh_matches_single_device", "test_train_step_reduces_contrastive_loss",
          "test_dropout_uses_the_rng", "test_classify_prints_no_framework_noise", "test_command_passes_and_json_validates",
-         "test_killed_run_resumes_to_the_same_output"}
+         "test_killed_run_resumes_to_the_same_output",
+         "test_64_clients_x_20_requests_batch_together", "test_onnx_runtime_serves_the_same_vectors",  # serve
+         "test_zeroshot_on_2000_images_same_top1_in_every_framework_and_equal_to_classify",
+         "test_linear_probe_same_accuracy_in_every_framework"}
+_SLOW |= {"test_export_bundled_model_cell_reloads_within_the_fp32_bound"}  # export of the bundled model
+_SLOW |= {"test_ray_engine_on_2000_images_identical_to_local",  # embed --engine ray: 2,000 images, ~1 min
+          "test_ray_actor_killed_mid_run_every_input_exactly_once",  # an actor restart costs ~15 s
+          "test_ray_driver_killed_and_restarted_resumes"}  # a subprocess driver, killed
 
 
 def pytest_collection_modifyitems(config, items):
