@@ -10,7 +10,7 @@ install-test:
 test: install-test
 	$(PYTEST) --durations=25
 
-# The fast tier (< 10 minutes on 2 cores): everything but the full-size and slow tests.
+# The fast tier: everything but the full-size and slow tests.
 test-fast: install-test
 	$(PYTEST) -m "not fullsize and not slow"
 

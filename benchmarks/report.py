@@ -75,6 +75,7 @@ TARGETS = [
      lambda r: r["ratios"]["clip_zoo_vs_hf_batched"], ">=", 1.5),
     ("conversion", "conversion time vs plain copy", lambda r: r["time_ratio"], "<=", 1.5),
     ("conversion", "peak RSS vs checkpoint size", lambda r: r["rss_ratio"], "<=", 1.3),
+    ("serve", "throughput under 64 clients vs offline embed", lambda r: r["ratios"]["serve_vs_offline_embed"], ">=", 0.8),
     ("precision", "torch bf16 image b16 vs our fp32", lambda r: r["ratios"]["image_torch_bf16_vs_torch_fp32"], ">=", 1.8),
     ("precision", "torch int8 image b16 vs our fp32", lambda r: r["ratios"]["image_torch_int8_vs_torch_fp32"], ">=", 2.5),
     ("precision", "torch int8 image b16 vs ONNX Runtime int8",
