@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,8 +31,8 @@ def _source(args: argparse.Namespace):
     return src, index, info
 
 
-def run_indexed(args: argparse.Namespace, encode_query, print_hits) -> int:
-    """Encode the query with the embeddings' model, search the index (or stream every vector), print hits."""
+def run_indexed(args: argparse.Namespace, encode_query, emit_hits) -> int:
+    """Encode the query with the embeddings' model, search the index (or stream every vector), emit the hits."""
     from .engines import load_encoder
     from .index import exact_top_k, search
 
@@ -55,9 +53,4 @@ def run_indexed(args: argparse.Namespace, encode_query, print_hits) -> int:
         scores = src.take(ids) @ q
     meta = src.rows([int(i) for i in ids])
     hits = [{"rank": n + 1, "score": round(float(s), 6), **m} for n, (s, m) in enumerate(zip(scores, meta))]
-    if args.json:
-        json.dump(hits, sys.stdout, indent=2, allow_nan=False)
-        print()
-        return 0
-    print_hits(hits)
-    return 0
+    return emit_hits(hits, args.json)

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     if getattr(args, "index", None) or Path(args.embeddings).is_dir():  # clip_zoo/index_search.py
         from .index_search import run_indexed
 
-        return run_indexed(args, _encode_query, print_hits)
+        return run_indexed(args, _encode_query, emit_hits)
     emb, index, meta = read_embeddings(args.embeddings)
     rows = [r["row"] for r in index if r["kind"] == "image"] or [r["row"] for r in index]
     if not rows:
@@ -75,11 +75,16 @@ def run(args: argparse.Namespace) -> int:
     scores = emb[rows] @ q  # (R,)
     order = np.argsort(-scores, kind="stable")[:args.top_k]
     hits = [{"rank": n + 1, "score": round(float(scores[i]), 6), **index[rows[i]]} for n, i in enumerate(order)]
-    if args.json:
+    return emit_hits(hits, args.json)
+
+
+def emit_hits(hits: list[dict], as_json: bool) -> int:
+    """Print ``hits`` as JSON or as :func:`print_hits` rows; the command's exit status (0)."""
+    if as_json:
         json.dump(hits, sys.stdout, indent=2, allow_nan=False)
         print()
-        return 0
-    print_hits(hits)
+    else:
+        print_hits(hits)
     return 0
 
 

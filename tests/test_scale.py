@@ -11,10 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import conversion
-from clip_core import CLIPConfig, shapes
-from clip_core.testing import random_weights, tiny_vit_config
-from cli_helpers import run_cli
+from clip_core import shapes
+from cli_helpers import run_cli, tiny_pipeline_model
 
 N_IMAGES = 200
 BATCH = 16
@@ -22,12 +20,8 @@ BATCH = 16
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    """A tiny random ViT at 16 px (patch 8): these tests are about the pipeline, not the model."""
-    base = tiny_vit_config(image_size=16, patch_size=8)
-    cfg = CLIPConfig(text_config=base.text_config, vision_config=base.vision_config, projection_dim=16)
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    conversion.save_checkpoint(path, cfg, random_weights(cfg, seed=2))
-    return path
+    """A tiny random ViT at 16 px (patch 8): the tests are about the pipeline, not the model."""
+    return tiny_pipeline_model(tmp_path_factory.mktemp("model"))
 
 
 def _make_images(root: Path, n: int, seed: int = 5) -> list[Path]:
