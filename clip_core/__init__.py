@@ -10,6 +10,7 @@ from .outputs import (BaseModelOutputWithPooling, CLIPOutput, CLIPTextModelOutpu
                       ImageClassifierOutput, ModelOutput)
 from .presets import available_models, get_config
 from .schema import WeightMismatchError, check_weights, from_backend, parameter_shapes, schema, to_backend
+from .siglip_config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 
 __version__ = "0.1.0"
 
@@ -39,6 +40,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "CLIPConfig", "CLIPTextConfig", "CLIPVisionConfig", "CLIPResNetVisionConfig",
+    "SiglipConfig", "SiglipTextConfig", "SiglipVisionConfig",
     "available_models", "get_config", "schema", "parameter_shapes", "to_backend", "from_backend",
     "check_weights", "WeightMismatchError", "ModelOutput", "BaseModelOutputWithPooling",
     "CLIPTextModelOutput", "CLIPVisionModelOutput", "CLIPOutput", "ImageClassifierOutput",

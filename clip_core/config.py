@@ -460,6 +460,7 @@ class CLIPConfig(_ConfigIO):
     """A whole CLIP: text tower, vision tower (ViT or ResNet), projections and logit scale."""
 
     model_type: ClassVar[str] = "clip"
+    family: ClassVar[str] = "clip"
 
     text_config: CLIPTextConfig = field(default_factory=CLIPTextConfig)
     vision_config: Any = field(default_factory=CLIPVisionConfig)

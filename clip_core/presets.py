@@ -62,8 +62,13 @@ def resolve_name(name: str) -> tuple[str, Optional[str]]:
     raise ValueError(f"unknown CLIP model name {name!r}; known names: {known}")
 
 
-def get_config(name: str) -> CLIPConfig:
-    """The exact architecture of an OpenAI CLIP model (or its HF / open_clip alias)."""
+def get_config(name: str):
+    """The exact architecture of an OpenAI CLIP model (or its HF / open_clip alias), or of a released
+    SigLIP / SigLIP 2 model (``google/siglip-base-patch16-224``, ``ViT-B-16-SigLIP`` ...)."""
+    from .siglip_presets import get_siglip_config, resolve_siglip_name
+
+    if resolve_siglip_name(name) is not None:
+        return get_siglip_config(name)
     openai_name, act = resolve_name(name)
     embed, image, vlayers, vwidth, patch, twidth, theads = _OPENAI[openai_name]
     text = CLIPTextConfig(

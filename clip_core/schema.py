@@ -29,9 +29,10 @@ from typing import Iterator, Mapping, Optional
 import numpy as np
 
 from .config import CLIPConfig, CLIPResNetVisionConfig, CLIPTextConfig, CLIPVisionConfig
+from .siglip_config import SiglipConfig
 
 __all__ = [
-    "BACKENDS", "PARTS", "Entry", "RULES", "WeightMismatchError", "schema", "parameter_shapes",
+    "BACKENDS", "PARTS", "SIGLIP_PARTS", "parts_of", "Entry", "RULES", "WeightMismatchError", "schema", "parameter_shapes",
     "to_backend", "from_backend", "check_weights", "canonical_name",
 ]
 
@@ -45,6 +46,18 @@ PARTS = {
     "vision_with_projection": ("vision", "visual_projection"),
     "classification": ("vision", "classifier"),
 }
+# SigLIP: the text head and the vision attention-pooling head belong to their towers; no projections.
+SIGLIP_PARTS = {
+    "model": ("text", "vision", "logit_scale", "logit_bias"),
+    "text": ("text",),
+    "vision": ("vision",),
+    "classification": ("vision", "classifier"),
+}
+
+
+def parts_of(config) -> dict:
+    """The parts a config's family has (:data:`PARTS` for CLIP, :data:`SIGLIP_PARTS` for SigLIP)."""
+    return SIGLIP_PARTS if isinstance(config, SiglipConfig) else PARTS
 
 _TRANSFORMS = ("identity", "transpose", "conv", "scalar_to_1")
 
@@ -60,10 +73,10 @@ class Rule:
     transform: str
 
 
-_LN = r"(layer_norm1|layer_norm2|final_layer_norm|pre_layrnorm|post_layernorm)"
+_LN = r"(layer_norm1|layer_norm2|final_layer_norm|pre_layrnorm|post_layernorm|layernorm)"
 _BN = r"(bn\d|downsample\.1)"
 _CONV = r"(patch_embedding|conv\d|downsample\.0)"
-_LINEAR = r"(\w+_proj|fc1|fc2|visual_projection|text_projection|classifier)"
+_LINEAR = r"(\w+_proj|fc1|fc2|visual_projection|text_projection|classifier|head)"
 
 #: The one mapping table. First match wins.
 RULES: tuple[Rule, ...] = (
@@ -76,9 +89,15 @@ RULES: tuple[Rule, ...] = (
     Rule(_BN, "running_mean", "batch_stats:mean", "moving_mean", "identity"),
     Rule(_BN, "running_var", "batch_stats:var", "moving_variance", "identity"),
     Rule(_CONV, "weight", "params:kernel", "kernel", "conv"),
+    Rule(_CONV, "bias", "params:bias", "bias", "identity"),  # SigLIP's patch embedding
+    # SigLIP's attention-pooling head: a learned query and torch's packed q/k/v projection
+    Rule("head", "probe", "params:probe", "probe", "identity"),
+    Rule("attention", "in_proj_weight", "params:in_proj/kernel", "in_proj/kernel", "transpose"),
+    Rule("attention", "in_proj_bias", "params:in_proj/bias", "in_proj/bias", "identity"),
     Rule(_LINEAR, "weight", "params:kernel", "kernel", "transpose"),
     Rule(_LINEAR, "bias", "params:bias", "bias", "identity"),
     Rule("", "logit_scale", "params:logit_scale", "logit_scale", "scalar_to_1"),
+    Rule("", "logit_bias", "params:logit_bias", "logit_bias", "scalar_to_1"),  # SigLIP
     Rule("", r"(class_embedding|positional_embedding)", "params:{leaf}", "{leaf}", "identity"),
 )
 
@@ -242,6 +261,11 @@ def _resnet_shapes(c: CLIPResNetVisionConfig) -> Iterator[tuple[str, tuple]]:
 
 
 def _group_shapes(config: CLIPConfig, group: str, num_labels: Optional[int]) -> Iterator[tuple[str, tuple]]:
+    if isinstance(config, SiglipConfig):
+        from .siglip_schema import siglip_group_shapes
+
+        yield from siglip_group_shapes(config, group, num_labels)
+        return
     v = config.vision_config
     if group == "text":
         yield from _text_shapes(config.text_config)
@@ -264,12 +288,14 @@ def schema(config: CLIPConfig, part: str = "model", num_labels: Optional[int] = 
     """Every canonical tensor of ``part`` for ``config``, in a fixed order, with its backend paths.
 
     ``part`` is one of :data:`PARTS`: ``model`` (CLIPModel), ``text``, ``text_with_projection``,
-    ``vision``, ``vision_with_projection``, ``classification`` (needs ``num_labels``).
+    ``vision``, ``vision_with_projection``, ``classification`` (needs ``num_labels``); a SigLIP config has
+    the parts of :data:`SIGLIP_PARTS`.
     """
-    if not isinstance(config, CLIPConfig):
-        raise TypeError(f"schema() needs a CLIPConfig, got {type(config).__name__}")
-    if part not in PARTS:
-        raise ValueError(f"unknown part {part!r}; expected one of {sorted(PARTS)}")
+    if not isinstance(config, (CLIPConfig, SiglipConfig)):
+        raise TypeError(f"schema() needs a CLIPConfig or SiglipConfig, got {type(config).__name__}")
+    parts = parts_of(config)
+    if part not in parts:
+        raise ValueError(f"unknown part {part!r} for {type(config).__name__}; expected one of {sorted(parts)}")
     return dict(_schema(config, part, num_labels))  # a copy: the cached one stays intact
 
 
@@ -277,7 +303,7 @@ def schema(config: CLIPConfig, part: str = "model", num_labels: Optional[int] = 
 def _schema(config: CLIPConfig, part: str, num_labels: Optional[int]) -> dict[str, Entry]:
     # Configs are frozen and hashable, so a load / save pair builds the table once.
     out: dict[str, Entry] = {}
-    for group in PARTS[part]:
+    for group in parts_of(config)[part]:
         for name, shape in _group_shapes(config, group, num_labels):
             out[name] = _entry(name, shape)
     return out
@@ -353,4 +379,6 @@ def from_backend(params: Mapping[str, np.ndarray], config: CLIPConfig, backend: 
                   if p in params and tuple(np.shape(params[p])) != e.backend_shape(backend)]
     if missing or unexpected or mismatched:
         raise WeightMismatchError(missing, unexpected, mismatched, source)
-    return {e.name: _inverse(np.asarray(params[p]), e.transform, backend) for p, e in by_path.items()}
+    # reshape: a (1,) logit scale / bias (SigLIP's canonical shape) comes back from a backend's scalar
+    return {e.name: _inverse(np.asarray(params[p]), e.transform, backend).reshape(e.shape)
+            for p, e in by_path.items()}

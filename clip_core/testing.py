@@ -10,8 +10,9 @@ import numpy as np
 
 from .config import CLIPConfig, CLIPResNetVisionConfig, CLIPTextConfig, CLIPVisionConfig
 from .schema import schema
+from .siglip_config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 
-__all__ = ["tiny_vit_config", "tiny_resnet_config", "random_weights"]
+__all__ = ["tiny_vit_config", "tiny_resnet_config", "tiny_siglip_config", "random_weights"]
 
 
 def tiny_vit_config(hidden_act: str = "quick_gelu", eos_token_id: int = 49407, vocab_size: int = 49408,
@@ -35,6 +36,17 @@ def tiny_resnet_config(hidden_act: str = "quick_gelu", image_size: int = 64) -> 
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=24)
 
 
+def tiny_siglip_config(vocab_size: int = 256, image_size: int = 32, patch_size: int = 8,
+                       max_position_embeddings: int = 16) -> SiglipConfig:
+    """A 2-layer SigLIP for unit tests (odd widths: text 40 -> head 48, vision 48, MLP 72)."""
+    text = SiglipTextConfig(vocab_size=vocab_size, hidden_size=40, intermediate_size=72, num_hidden_layers=2,
+                            num_attention_heads=4, max_position_embeddings=max_position_embeddings,
+                            projection_size=48, pad_token_id=1, bos_token_id=None, eos_token_id=1)
+    vision = SiglipVisionConfig(hidden_size=48, intermediate_size=72, num_hidden_layers=2, num_attention_heads=4,
+                                image_size=image_size, patch_size=patch_size)
+    return SiglipConfig(text_config=text, vision_config=vision)
+
+
 def random_weights(config: CLIPConfig, part: str = "model", seed: int = 0, num_labels: Optional[int] = None,
                    dtype=np.float32) -> dict[str, np.ndarray]:
     """Canonical random weights with realistic scale (fan-in scaled linears and convs, layer /
@@ -43,8 +55,10 @@ def random_weights(config: CLIPConfig, part: str = "model", seed: int = 0, num_l
     out: dict[str, np.ndarray] = {}
     for name, entry in schema(config, part, num_labels).items():
         shape, leaf = entry.shape, name.rsplit(".", 1)[-1]
-        if name == "logit_scale":
-            a = np.asarray(np.log(1 / 0.07))
+        if name == "logit_scale":  # CLIP's log(1/0.07); SigLIP's (1,)-shaped log(10), as it starts training
+            a = np.full(shape, np.log(1 / 0.07) if shape == () else np.log(10.0))
+        elif name == "logit_bias":
+            a = np.full(shape, -10.0)
         elif leaf == "running_var":
             a = rng.uniform(0.5, 1.5, shape)
         elif leaf == "running_mean":
