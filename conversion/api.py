@@ -18,6 +18,7 @@ import numpy as np
 
 from clip_core.default_model import resolve_checkpoint
 from clip_core.config import CLIPConfig
+from clip_core.families import config_from_dict
 from clip_core.schema import WeightMismatchError, check_weights
 
 from . import open_clip as oc
@@ -71,11 +72,12 @@ def _json_file(path: Path) -> object:
 
 
 def _config_from(data: object, where: str) -> CLIPConfig:
-    """A :class:`CLIPConfig` from an untrusted ``config.json`` dict; wrong types name ``where`` and the key."""
+    """The CLIP or SigLIP config (by ``model_type``) of an untrusted ``config.json`` dict; wrong types name
+    ``where`` and the key."""
     if not isinstance(data, dict):
         raise ConversionError(f"{where}: a config must be a JSON object, got {type(data).__name__}")
     try:
-        return CLIPConfig.from_dict(data)
+        return config_from_dict(data)
     except (ValueError, TypeError, AttributeError, KeyError, RecursionError) as err:
         raise ConversionError(f"{where}: invalid config: {str(err)[:300]}") from None
 

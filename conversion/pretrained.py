@@ -16,6 +16,7 @@ OpenAI's ``clip`` API is built once for the three backends in :mod:`conversion.o
 from __future__ import annotations
 
 import copy
+import json
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -23,7 +24,8 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from clip_core.config import CLIPConfig, as_clip_config, num_labels_of, with_labels
+from clip_core.config import CLIPConfig, num_labels_of, with_labels
+from clip_core.families import as_model_config
 from clip_core.schema import WeightMismatchError, schema
 
 __all__ = ["HUB_ONLY_KWARGS", "CONFIG_KWARGS", "Pretrained", "load_pretrained", "select_part", "init_weights",
@@ -72,10 +74,11 @@ def _config_arg(config: Any, revision: Optional[str], cache_dir: Any) -> Optiona
     if isinstance(config, (str, os.PathLike)):
         from clip_core.default_model import resolve_checkpoint
 
-        return CLIPConfig.from_pretrained(resolve_checkpoint(config, revision=revision, cache_dir=cache_dir))
-    if not isinstance(config, CLIPConfig) and hasattr(config, "to_dict"):  # a transformers config
+        path = resolve_checkpoint(config, revision=revision, cache_dir=cache_dir)
+        return as_model_config(json.loads((path / "config.json" if path.is_dir() else path).read_text("utf-8")))
+    if not hasattr(config, "family") and hasattr(config, "to_dict"):  # a transformers config
         config = config.to_dict()
-    return as_clip_config(config)
+    return as_model_config(config)
 
 
 def load_pretrained(name_or_path: PathLike, part: str, kwargs: dict, *, config: Any = None,
@@ -165,7 +168,7 @@ def _std(name: str, shape: tuple, config: CLIPConfig) -> Optional[float]:
     if name == "vision_model.embeddings.class_embedding":
         return d ** -0.5 * tf
     if name.startswith("vision_model.embeddings."):
-        return v.initializer_range * tf
+        return getattr(v, "initializer_range", 0.02) * tf
     if name.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")) and ".attnpool." not in name:
         return d ** -0.5 * (2 * layers) ** -0.5 * tf
     if name.endswith("out_proj.weight"):
@@ -195,8 +198,10 @@ def init_weights(config: CLIPConfig, part: str = "model", num_labels: Optional[i
             continue
         shape, leaf = tuple(entry.shape), name.rsplit(".", 1)[-1]
         std = _std(name, shape, config)
-        if name == "logit_scale":
-            a = np.full(shape, config.logit_scale_init_value, np.float32)
+        if name == "logit_scale":  # SigLIP: log(1) and a zero bias, as transformers initialises them
+            a = np.full(shape, getattr(config, "logit_scale_init_value", 0.0), np.float32)
+        elif name == "logit_bias":
+            a = np.zeros(shape, np.float32)
         elif std is not None:
             a = rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
         elif leaf in ("bias", "running_mean") or (leaf == "weight" and name.endswith("bn3.weight")):

@@ -6,7 +6,7 @@ import pytest
 
 from clip_core import get_config
 from clip_core.families import config_from_dict, family_of
-from clip_core.schema import from_backend, parameter_shapes, schema, to_backend
+from clip_core.schema import from_backend, parameter_shapes, to_backend
 from clip_core.siglip_config import SiglipConfig, SiglipTextConfig, SiglipVisionConfig
 from clip_core.siglip_presets import get_siglip_config, siglip_models
 from clip_core.testing import random_weights, tiny_siglip_config
