@@ -26,6 +26,11 @@ _LAZY = {
     "CLIPProcessor": ".processor",
     "default_model_path": ".default_model",
     "resolve_checkpoint": ".default_model",
+    "SiglipTokenizer": ".siglip_tokenizer",
+    "GemmaTokenizer": ".siglip_tokenizer",
+    "load_tokenizer": ".siglip_tokenizer",
+    "SiglipImageProcessor": ".siglip_processing",
+    "SiglipProcessor": ".siglip_processing",
 }
 
 
@@ -46,4 +51,5 @@ __all__ = [
     "CLIPTextModelOutput", "CLIPVisionModelOutput", "CLIPOutput", "ImageClassifierOutput",
     "CLIPTokenizer", "tokenize", "CLIPImageProcessor", "CLIPProcessor", "default_model_path", "resolve_checkpoint",
     "CLIPTokenizerFast", "CLIPImageProcessorFast", "CLIPFeatureExtractor", "BatchFeature", "BatchEncoding",
+    "SiglipTokenizer", "GemmaTokenizer", "load_tokenizer", "SiglipImageProcessor", "SiglipProcessor",
 ]
