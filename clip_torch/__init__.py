@@ -10,9 +10,13 @@ from .models import (CLIPForImageClassification, CLIPModel, CLIPTextModel, CLIPT
                      contrastive_loss)
 from .modeling_utils import CLIPPreTrainedModel
 from .openai_api import available_models, load, tokenize
+from .siglip import (SiglipForImageClassification, SiglipModel, SiglipPreTrainedModel, SiglipTextModel,
+                     SiglipVisionModel, siglip_loss)
 
 __all__ = [
     "CLIPModel", "CLIPTextModel", "CLIPTextModelWithProjection", "CLIPVisionModel",
     "CLIPVisionModelWithProjection", "CLIPForImageClassification", "CLIPPreTrainedModel", "clip_loss", "contrastive_loss",
     "load", "tokenize", "available_models",
+    "SiglipModel", "SiglipTextModel", "SiglipVisionModel", "SiglipForImageClassification", "SiglipPreTrainedModel",
+    "siglip_loss",
 ]

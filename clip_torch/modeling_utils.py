@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from clip_core.config import CLIPConfig, as_clip_config
+from clip_core.config import CLIPConfig
+from clip_core.families import as_model_config, family_of
 from conversion.pretrained import load_pretrained, select_part
 from clip_core.schema import from_backend, schema, to_backend
 
@@ -101,10 +102,13 @@ class CLIPPreTrainedModel(nn.Module):
     ``gradient_checkpointing_enable``, ``set_attn_implementation``."""
 
     part = "model"
+    family = "clip"  # the config family a class takes (clip_core.families)
 
     def __init__(self, config: Any, attn_implementation: Optional[str] = "sdpa") -> None:
         super().__init__()
-        self.config = as_clip_config(config)
+        self.config = as_model_config(config)
+        if family_of(self.config) != self.family:
+            raise TypeError(f"{type(self).__name__} takes a {self.family} config, got a {type(self.config).__name__}")
         self.attn_implementation = check_attn_implementation(attn_implementation)
 
     # -------------------------------------------------------------------------------- schema
@@ -169,8 +173,9 @@ class CLIPPreTrainedModel(nn.Module):
         projections, a classifier) are ignored; anything missing, unknown or mis-shaped raises
         ``WeightMismatchError`` naming it."""
         kept = select_part(weights, self.config, self.part, self.num_labels)
-        if "logit_scale" in kept and np.size(kept["logit_scale"]) == 1:  # (1,) as HF-TF / some writers
-            kept["logit_scale"] = np.asarray(kept["logit_scale"]).reshape(())
+        for name in ("logit_scale", "logit_bias"):  # CLIP's () vs (1,) as HF-TF / some writers; SigLIP's (1,)
+            if name in kept and np.size(kept[name]) == 1:
+                kept[name] = np.asarray(kept[name]).reshape(self.schema()[name].shape)
         params = to_backend(kept, self.config, "torch", self.part, self.num_labels, source=source)
         device = "cpu" if device is None else device
         state = {k: _to_tensor(v, dtype, device) for k, v in params.items()}

@@ -183,13 +183,19 @@ class CLIPForImageClassification(CLIPPreTrainedModel):
                                             attentions=v.attentions), rd)
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """MSE for one label (regression), cross-entropy for integer labels, BCE for multi-label."""
-        labels = labels.to(logits.device)
-        if self._num_labels == 1:
-            return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).reshape(-1))
-        if not labels.is_floating_point():
-            return F.cross_entropy(logits.view(-1, self._num_labels), labels.view(-1))
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return classification_loss(logits, labels)
+
+
+def classification_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """transformers' image-classification loss of ``logits`` (B, num_labels): MSE for one label (regression),
+    cross-entropy for integer labels, BCE for multi-label."""
+    num_labels = logits.shape[-1]
+    labels = labels.to(logits.device)
+    if num_labels == 1:
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).reshape(-1))
+    if not labels.is_floating_point():
+        return F.cross_entropy(logits.view(-1, num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
 
 
 def _is_openai_call(image: Any, text: Any) -> bool:

@@ -14,15 +14,19 @@ __all__ = ["CLIPVisionEmbeddings", "CLIPVisionTransformer"]
 
 
 class CLIPVisionEmbeddings(nn.Module):
-    """Patch embedding (a stride = kernel conv, run as one matmul), class token, positions."""
+    """Patch embedding (a stride = kernel conv, run as one matmul), class token, positions.
 
-    def __init__(self, config: CLIPVisionConfig) -> None:
+    SigLIP builds it with ``class_token=False`` (one position per patch) and ``patch_bias=True``."""
+
+    def __init__(self, config: CLIPVisionConfig, class_token: bool = True, patch_bias: bool = False) -> None:
         super().__init__()
         self.config = config
         d, p = config.hidden_size, config.patch_size
         self.patch_size, self.image_size = p, config.image_size
-        self.class_embedding = normal_parameter(d, std=d ** -0.5)  # HF init
-        self.patch_embedding = nn.Conv2d(config.num_channels, d, kernel_size=p, stride=p, bias=False)
+        self.class_token = class_token
+        if class_token:
+            self.class_embedding = normal_parameter(d, std=d ** -0.5)  # HF init
+        self.patch_embedding = nn.Conv2d(config.num_channels, d, kernel_size=p, stride=p, bias=patch_bias)
         self.position_embedding = nn.Embedding(config.num_positions, d)
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -34,21 +38,25 @@ class CLIPVisionEmbeddings(nn.Module):
         gh, gw = H // p, W // p
         x = x[:, :, : gh * p, : gw * p].reshape(B, C, gh, p, gw, p)
         x = x.permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * p * p)  # (B, N, C*p*p)
-        return torch.matmul(x, w.reshape(w.shape[0], -1).t())  # (B, N, D)
+        out = torch.matmul(x, w.reshape(w.shape[0], -1).t())  # (B, N, D)
+        bias = self.patch_embedding.bias
+        return out if bias is None else out + bias
 
     def interpolate_pos_encoding(self, num_patches: int, height: int, width: int) -> torch.Tensor:
-        """Position embeddings (1, 1 + N, D) for an image of ``height`` x ``width`` (HF 4.57 bicubic)."""
-        pos = self.position_embedding.weight.unsqueeze(0)  # (1, P+1, D)
-        num_positions = pos.shape[1] - 1
+        """Position embeddings (1, 1 + N, D) (no class token: (1, N, D)) for an image of ``height`` x
+        ``width`` (HF 4.57 bicubic)."""
+        k = int(self.class_token)
+        pos = self.position_embedding.weight.unsqueeze(0)  # (1, k+P, D)
+        num_positions = pos.shape[1] - k
         if num_patches == num_positions and height == width:
             return pos
         dim = pos.shape[-1]
         side = int(num_positions ** 0.5)
-        grid = pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)  # (1, D, s, s)
+        grid = pos[:, k:].reshape(1, side, side, dim).permute(0, 3, 1, 2)  # (1, D, s, s)
         grid = F.interpolate(grid, size=(height // self.patch_size, width // self.patch_size),
                              mode="bicubic", align_corners=False)
         grid = grid.permute(0, 2, 3, 1).reshape(1, -1, dim)
-        return torch.cat([pos[:, :1], grid], dim=1)
+        return torch.cat([pos[:, :k], grid], dim=1)
 
     def forward(self, pixel_values: torch.Tensor, interpolate_pos_encoding: bool = False) -> torch.Tensor:
         if pixel_values.dim() != 4:
@@ -60,8 +68,10 @@ class CLIPVisionEmbeddings(nn.Module):
             raise ValueError(f"Input image size ({H}*{W}) doesn't match model ({self.image_size}*{self.image_size}); "
                              "pass interpolate_pos_encoding=True for other sizes")
         patches = self.patchify(pixel_values)  # (B, N, D)
-        cls = self.class_embedding.to(patches.dtype).expand(B, 1, -1)
-        x = torch.cat([cls, patches], dim=1)  # (B, 1 + N, D)
+        x = patches
+        if self.class_token:
+            cls = self.class_embedding.to(patches.dtype).expand(B, 1, -1)
+            x = torch.cat([cls, patches], dim=1)  # (B, 1 + N, D)
         if interpolate_pos_encoding:
             return x + self.interpolate_pos_encoding(patches.shape[1], H, W)
         return x + self.position_embedding.weight  # (1+N, D) broadcast
