@@ -28,15 +28,17 @@ from .folders import clean_beside, into_directory
 from .hf import drop_legacy, read_sharded, read_tensor_file, write_extras
 from .hf_flax import read_flax_msgpack, write_flax_msgpack
 from .hf_tf import read_tf_h5, write_tf_h5
+from .names import from_canonical, to_canonical
 from .openai import canonical_to_openai, infer_config, is_openai_names, openai_to_canonical
 from .safetensors_io import write_safetensors
+from .siglip_names import OPEN_CLIP_IGNORED, OPEN_CLIP_SIGLIP_NAMES, is_open_clip_siglip, siglip_to_open_clip
 from .tensors import OUTPUT_DTYPES
 from .torch_zip import read_extra_record, write_torch_zip
 
 __all__ = ["FORMATS", "Checkpoint", "read", "load_checkpoint", "load_for_part", "save_checkpoint", "default_format"]
 
 PathLike = Union[str, os.PathLike]
-FORMATS = ("canonical", "hf", "openai", "open_clip", "tf", "flax")
+FORMATS = ("canonical", "hf", "openai", "open_clip", "tf", "flax", "big_vision")
 #: Internal test hook, never read from the environment: seconds to sleep after each tensor written
 #: (a test sets it in a subprocess through ``tests/hooked.py`` to kill a conversion mid-write).
 _test_tick_delay = 0.0
@@ -120,6 +122,14 @@ def _openai_config(tensors: Mapping, directory: Path, file: Path, arch: Optional
     return "openai", infer_config(tensors, str(file))
 
 
+def _siglip_open_clip_config(tensors: Mapping, directory: Path, file: Path, arch: Optional[str]) -> CLIPConfig:
+    """open_clip's SigLIP: an architecture name or the ``open_clip_config.json`` beside the weights."""
+    if not arch and not (directory / oc.CONFIG_NAME).is_file():
+        raise ConversionError(f"{file}: open_clip SigLIP weights need the {oc.CONFIG_NAME} beside them, or pass an "
+                              f"architecture name (e.g. --arch ViT-B-16-SigLIP)")
+    return _openai_config(tensors, directory, file, arch)[1]
+
+
 def _check_index(index: Path) -> None:
     """A sharded index names shards beside it only (no absolute paths, no ``..``), as strings."""
     data = _json_file(index)
@@ -184,13 +194,22 @@ def _read(file: Path, config: Optional[CLIPConfig], arch: Optional[str], part: s
         reader = read_tf_h5 if kind == "hdf5" else read_flax_msgpack
         weights = reader(file, config, part)
         fmt = "hf-tf" if kind == "hdf5" else "hf-flax"
+    elif kind == "npz":  # big_vision (SigLIP)
+        from .big_vision import read_big_vision
+
+        config, weights = read_big_vision(file, config)
+        fmt = "big_vision-npz"
     elif kind in ("zip", "safetensors", "index", "pickle"):
         if kind == "index":
             _check_index(file)
         sub, tensors = read_sharded(file) if kind == "index" else read_tensor_file(file)
         if tensors and all(n.startswith("module.") for n in tensors):  # saved from DataParallel / DDP
             tensors = {n[len("module."):]: a for n, a in tensors.items()}
-        if is_openai_names(tensors):
+        if is_open_clip_siglip(tensors):
+            config = config or _siglip_open_clip_config(tensors, directory, file, arch)
+            weights = to_canonical(tensors, OPEN_CLIP_SIGLIP_NAMES, "vit", str(file), OPEN_CLIP_IGNORED)
+            fmt = f"open_clip-{sub}"
+        elif is_openai_names(tensors):
             if config is None:
                 family, config = _openai_config(tensors, directory, file, arch)
             else:
@@ -250,7 +269,8 @@ def load_for_part(path: PathLike, part: str, config: Optional[CLIPConfig] = None
 def default_format(path: PathLike) -> str:
     """The output format a destination name implies (``.pt`` -> openai, ``.h5`` -> tf ...)."""
     suffix = Path(path).suffix
-    return {".pt": "openai", ".pth": "openai", ".h5": "tf", ".msgpack": "flax"}.get(suffix, "canonical")
+    return {".pt": "openai", ".pth": "openai", ".h5": "tf", ".msgpack": "flax", ".npz": "big_vision"}.get(suffix,
+                                                                                                        "canonical")
 
 
 def _ticker(progress: Optional[Callable[[str], None]]) -> Callable[[str], None]:
@@ -267,14 +287,16 @@ def _ticker(progress: Optional[Callable[[str], None]]) -> Callable[[str], None]:
 
 def save_checkpoint(path: PathLike, config: CLIPConfig, weights: Mapping[str, np.ndarray], format: str = "canonical",
                     dtype: Optional[str] = None, progress: Optional[Callable[[str], None]] = None,
-                    part: str = "model") -> Path:
+                    part: str = "model", tokenizer_from: Optional[PathLike] = None) -> Path:
     """Write canonical ``weights`` in ``format`` (see :data:`FORMATS`), optionally cast to ``dtype``.
 
     The weights are checked against ``part`` of ``config`` first; nothing is written if they do not
     match. A part other than ``model`` can be written as canonical / hf / flax only.
     Every file is written atomically, a folder all-or-nothing (a new one appears only once complete,
     an existing one is swapped for the new one: :func:`~conversion.folders.into_directory`); what killed writes of
-    ``path`` left beside it is cleaned up first (:func:`clean_beside`).
+    ``path`` left beside it is cleaned up first (:func:`clean_beside`). A SigLIP's canonical / hf folder gets the
+    tokenizer files of the checkpoint folder ``tokenizer_from`` (none, with a warning, without one);
+    ``big_vision`` (a ``.npz`` file) is for SigLIP only, ``openai`` for CLIP only.
     """
     if format not in FORMATS:
         raise ConversionError(f"unknown output format {format!r}; expected one of {', '.join(FORMATS)}")
@@ -284,11 +306,20 @@ def save_checkpoint(path: PathLike, config: CLIPConfig, weights: Mapping[str, np
     check_weights(weights, config, part, num_labels, source="weights to save")
     if part != "model" and format not in ("canonical", "hf", "flax"):
         raise ConversionError(f"only a whole CLIP model can be written as {format!r}, not the {part!r} part")
+    siglip = getattr(config, "family", "clip") == "siglip"
+    if siglip != (format == "big_vision") and format in ("big_vision", "openai"):
+        raise ConversionError(f"the {format!r} format holds {'SigLIP' if format == 'big_vision' else 'CLIP'} models "
+                              f"only, this is a {'SigLIP' if siglip else 'CLIP'}; write canonical, hf or open_clip")
     path, tick = Path(path), _ticker(progress)
     if format in ("canonical", "hf"):
         into_directory(path, lambda d: _together(
             lambda: write_safetensors(d / "model.safetensors", weights, dtype=dtype, progress=tick),
-            lambda: write_extras(d, config)))
+            lambda: write_extras(d, config, tokenizer_from=tokenizer_from)))
+    elif format == "big_vision":
+        from .big_vision import write_npz
+
+        clean_beside(path)
+        write_npz(path, config, weights, dtype=dtype, progress=tick)
     elif format == "open_clip":
         into_directory(path, lambda d: _write_open_clip(d, config, weights, dtype, tick))
     elif format == "openai":
@@ -307,7 +338,7 @@ def save_checkpoint(path: PathLike, config: CLIPConfig, weights: Mapping[str, np
             writer(path, config, weights, **kwargs)
         else:
             into_directory(path, lambda d: _together(lambda: writer(d / name, config, weights, **kwargs),
-                                                      lambda: write_extras(d, config)))
+                                                      lambda: write_extras(d, config, tokenizer_from=tokenizer_from)))
     return path
 
 
@@ -335,6 +366,11 @@ def _warn_if_not_openai_shaped(config: CLIPConfig) -> None:
 def _write_open_clip(directory: Path, config: CLIPConfig, weights: Mapping, dtype: Optional[str], tick) -> None:
     from clip_core.io import atomic_write_bytes
 
-    write_safetensors(directory / oc.WEIGHT_NAMES[0], canonical_to_openai(weights, config), dtype=dtype, progress=tick)
-    blob = json.dumps(oc.config_to_open_clip(config), indent=2) + "\n"
+    if getattr(config, "family", "clip") == "siglip":
+        tensors = from_canonical(weights, OPEN_CLIP_SIGLIP_NAMES, "vit")
+        meta = siglip_to_open_clip(config, float(np.asarray(weights["logit_bias"]).reshape(-1)[0]))
+    else:
+        tensors, meta = canonical_to_openai(weights, config), oc.config_to_open_clip(config)
+    write_safetensors(directory / oc.WEIGHT_NAMES[0], tensors, dtype=dtype, progress=tick)
+    blob = json.dumps(meta, indent=2) + "\n"
     atomic_write_bytes(directory / oc.CONFIG_NAME, blob.encode("utf-8"))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Mapping, Union
+from typing import Mapping, Optional, Union
 
 import numpy as np
 
@@ -25,14 +25,15 @@ PathLike = Union[str, os.PathLike]
 
 
 def save_canonical(directory: PathLike, config: CLIPConfig, weights: Mapping[str, np.ndarray],
-                   part: str = "model") -> Path:
+                   part: str = "model", tokenizer_from: Optional[PathLike] = None) -> Path:
     """Write ``model.safetensors``, ``config.json``, ``preprocessor_config.json`` and tokenizer files
-    into ``directory`` (created if needed; other files in it are left alone)."""
+    into ``directory`` (created if needed; other files in it are left alone). A SigLIP gets the
+    tokenizer files of the checkpoint folder ``tokenizer_from`` (see :func:`conversion.hf.write_extras`)."""
     from .api import _num_labels
 
     check_weights(weights, config, part, _num_labels(weights, config, part), source="weights to save")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     write_safetensors(directory / WEIGHTS_NAME, weights, metadata={"format": "pt"})
-    write_extras(directory, config)
+    write_extras(directory, config, tokenizer_from=tokenizer_from)
     return directory

@@ -32,10 +32,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    p = _Parser(prog=prog, description="Convert a CLIP checkpoint between formats "
+    p = _Parser(prog=prog, description="Convert a CLIP or SigLIP checkpoint between formats "
                 "(or `inspect SRC`), without any deep-learning framework.")
     p.add_argument("src", help="checkpoint file or directory (any supported format)")
-    p.add_argument("dst", help="output path (directory, or a .pt / .h5 / .msgpack file)")
+    p.add_argument("dst", help="output path (directory, or a .pt / .h5 / .msgpack / big_vision .npz file)")
     p.add_argument("--to", choices=FORMATS, help="output format (default: from DST's suffix, else canonical)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), help="cast floating tensors on the way out")
     p.add_argument("--arch", help="architecture name for a bare state dict, e.g. ViT-B-32-quickgelu")
@@ -77,7 +77,8 @@ def _convert(args: argparse.Namespace) -> int:
     bar = _bar(len(src.weights), args.quiet)
     try:
         save_checkpoint(args.dst, src.config, src.weights, format=fmt, dtype=args.dtype,
-                        progress=(lambda name: bar.update(1)) if bar else None)
+                        progress=(lambda name: bar.update(1)) if bar else None,
+                        tokenizer_from=args.src if Path(args.src).is_dir() else None)
     finally:  # cleared before anything else is printed, an error included
         if bar:
             bar.close()

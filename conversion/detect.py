@@ -17,7 +17,7 @@ WEIGHT_FILES = (
     "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5",
     "flax_model.msgpack",
 )
-_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack")
+_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".npz")
 
 
 def weights_file(directory: Path) -> Path:
@@ -33,13 +33,16 @@ def weights_file(directory: Path) -> Path:
 
 
 def sniff(path: Path) -> str:
-    """``zip``, ``safetensors``, ``hdf5``, ``msgpack``, ``index`` (sharded JSON), ``pickle`` or ``unknown``."""
+    """``zip``, ``npz`` (big_vision), ``safetensors``, ``hdf5``, ``msgpack``, ``index`` (sharded JSON), ``pickle``
+    or ``unknown``."""
     if not path.is_file():  # a FIFO or device would block or never end
         raise ConversionError(f"{path}: not a regular file")
     with open(path, "rb") as fh:
         head = fh.read(16)
     if head[:4] == ZIP_MAGIC:
-        return "zip"
+        from .big_vision import is_npz
+
+        return "npz" if is_npz(path) else "zip"
     if head[:8] == HDF5_MAGIC:
         return "hdf5"
     if is_safetensors(head):

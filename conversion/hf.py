@@ -3,6 +3,7 @@ and the canonical / Hugging Face directory written around ``model.safetensors``.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,8 @@ from .errors import ConversionError
 from .safetensors_io import read_safetensors
 from .torch_zip import ZIP_MAGIC, read_torch_zip
 
-__all__ = ["LEGACY", "read_tensor_file", "read_sharded", "drop_legacy", "write_extras", "preprocessor_config"]
+__all__ = ["LEGACY", "read_tensor_file", "read_sharded", "drop_legacy", "write_extras", "preprocessor_config",
+           "siglip_preprocessor_config", "SIGLIP_TOKENIZER_FILES"]
 
 #: Keys old Hugging Face checkpoints carry that are not parameters.
 LEGACY = ("text_model.embeddings.position_ids", "vision_model.embeddings.position_ids")
@@ -73,12 +75,41 @@ def preprocessor_config(config: CLIPConfig) -> dict:
             "size": {"shortest_edge": size}}
 
 
-def write_extras(directory: Path, config: CLIPConfig, tokenizer: bool = True) -> None:
-    """``config.json``, ``preprocessor_config.json`` and (if clip_core has a tokenizer) tokenizer files."""
+#: A SigLIP checkpoint's own tokenizer files (SentencePiece / Gemma), copied as they are.
+SIGLIP_TOKENIZER_FILES = ("spiece.model", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                          "special_tokens_map.json")
+
+
+def siglip_preprocessor_config(config) -> dict:
+    """Hugging Face ``SiglipImageProcessor`` settings: squash-resize (bilinear), rescale, mean/std 0.5, no crop."""
+    size = config.vision_config.image_size
+    return {"do_convert_rgb": None, "do_normalize": True, "do_rescale": True, "do_resize": True,
+            "image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5], "image_processor_type": "SiglipImageProcessor",
+            "processor_class": "SiglipProcessor", "resample": 2, "rescale_factor": 1 / 255,
+            "size": {"height": size, "width": size}}
+
+
+def _copy_siglip_tokenizer(directory: Path, source) -> None:
+    """Copy the source checkpoint's tokenizer files; warn when there are none (SigLIP has no bundled one)."""
+    found = [Path(source) / n for n in SIGLIP_TOKENIZER_FILES if source and (Path(source) / n).is_file()]
+    for file in found:
+        atomic_write_bytes(directory / file.name, file.read_bytes())
+    if not found:
+        warnings.warn(f"no SigLIP tokenizer files written (the source checkpoint folder has none of "
+                      f"{', '.join(SIGLIP_TOKENIZER_FILES)}); copy the model's own tokenizer files there", stacklevel=2)
+
+
+def write_extras(directory: Path, config: CLIPConfig, tokenizer: bool = True, tokenizer_from=None) -> None:
+    """``config.json``, ``preprocessor_config.json`` and tokenizer files: clip_core's CLIP tokenizer (if it
+    has one), a SigLIP's own copied from the checkpoint folder ``tokenizer_from``."""
     config.save_pretrained(directory)
-    blob = json.dumps(preprocessor_config(config), indent=2, sort_keys=True) + "\n"
+    siglip = getattr(config, "family", "clip") == "siglip"
+    settings = siglip_preprocessor_config(config) if siglip else preprocessor_config(config)
+    blob = json.dumps(settings, indent=2, sort_keys=True) + "\n"
     atomic_write_bytes(directory / "preprocessor_config.json", blob.encode("utf-8"))
-    if tokenizer:
+    if tokenizer and siglip:
+        _copy_siglip_tokenizer(directory, tokenizer_from)
+    elif tokenizer:
         try:
             from clip_core.tokenizer import CLIPTokenizer
         except ImportError:

@@ -38,6 +38,10 @@ def _check(cfg: Mapping[str, Any], tower: str, source: str) -> None:
 
 def config_from_open_clip(data: Mapping[str, Any], source: str = CONFIG_NAME) -> CLIPConfig:
     """Turn an ``open_clip_config.json`` dict (``{"model_cfg": ...}`` or the model config itself) into a config."""
+    from .siglip_names import is_siglip_open_clip_config, siglip_from_open_clip
+
+    if is_siglip_open_clip_config(data):  # timm ViT with attention pooling: the SigLIP family
+        return siglip_from_open_clip(data, source)
     cfg = data.get("model_cfg", data)
     try:
         vc, tc, embed = dict(cfg["vision_cfg"]), dict(cfg["text_cfg"]), int(cfg["embed_dim"])

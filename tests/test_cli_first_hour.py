@@ -152,7 +152,7 @@ def test_error_is_never_printed_on_the_progress_bar_line(monkeypatch, tmp_path):
     """`convert` fails mid-write with its bar on screen: the error gets a clean line of its own."""
     import conversion.cli
 
-    def fail_midway(path, config, weights, format, dtype, progress):
+    def fail_midway(path, config, weights, format, dtype, progress, **kwargs):
         for name in list(weights)[:3]:
             progress(name)
         raise OSError(errno.ENOSPC, "No space left on device", f"{path}/model.safetensors")
