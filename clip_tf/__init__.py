@@ -21,6 +21,8 @@ from .models import (CLIPForImageClassification, CLIPModel, CLIPPreTrainedModel,
                      CLIPTextModelWithProjection, CLIPVisionModel, CLIPVisionModelWithProjection, clip_loss,
                      contrastive_loss)
 from .openai_api import available_models, load, tokenize  # noqa: E402
+from .siglip import (SiglipForImageClassification, SiglipModel, SiglipTextModel, SiglipVisionModel,  # noqa: E402
+                     siglip_loss)
 
 TFCLIPModel = CLIPModel
 TFCLIPTextModel = CLIPTextModel
@@ -34,5 +36,6 @@ __all__ = [
     "CLIPForImageClassification", "CLIPPreTrainedModel", "TFCLIPModel", "TFCLIPTextModel",
     "TFCLIPTextModelWithProjection", "TFCLIPVisionModel", "TFCLIPVisionModelWithProjection",
     "TFCLIPForImageClassification", "clip_loss", "contrastive_loss", "export_saved_model", "load", "tokenize",
-    "available_models",
+    "available_models", "SiglipModel", "SiglipTextModel", "SiglipVisionModel", "SiglipForImageClassification",
+    "siglip_loss",
 ]

@@ -6,46 +6,57 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from .primitives import Dense, LayerNorm, activation, shape_list
+from .primitives import Dense, LayerNorm, activation, linear, shape_list
 
 __all__ = ["CLIPAttention", "CLIPMLP", "CLIPEncoderLayer", "CLIPEncoder"]
 
 
 class CLIPAttention(keras.layers.Layer):
-    """Multi-head self-attention; scores and softmax in float32; ``attn_mask`` is boolean (True = attend)."""
+    """Multi-head self-attention; scores and softmax in float32; ``attn_mask`` is boolean (True = attend).
+    ``packed=True`` holds q/k/v in one ``in_proj`` (D, 3D), as PyTorch's ``nn.MultiheadAttention`` (SigLIP's head)."""
 
-    def __init__(self, dim: int, heads: int, name: str = "self_attn", dtype=None):
+    def __init__(self, dim: int, heads: int, name: str = "self_attn", dtype=None, packed: bool = False):
         super().__init__(name=name, dtype=dtype)
-        self.heads, self.head_dim = heads, dim // heads
+        self.heads, self.head_dim, self.packed = heads, dim // heads, packed
         self.scale = self.head_dim ** -0.5
-        for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            setattr(self, proj, Dense(dim, dim, name=proj, dtype=dtype))
+        for proj in ("in_proj",) if packed else ("q_proj", "k_proj", "v_proj"):
+            setattr(self, proj, Dense(dim, 3 * dim if packed else dim, name=proj, dtype=dtype))
+        self.out_proj = Dense(dim, dim, name="out_proj", dtype=dtype)
         self.built = True
 
     def _split(self, x, b, t):  # (B, T, D) -> (B, H, T, hd)
         return tf.transpose(tf.reshape(x, [b, t, self.heads, self.head_dim]), [0, 2, 1, 3])
 
-    def call(self, x, attn_mask: Optional[tf.Tensor] = None, output_attentions: bool = False):
-        b, t, d = shape_list(x)
-        q = self._split(self.q_proj(x) * tf.constant(self.scale, x.dtype), b, t)
-        k, v = self._split(self.k_proj(x), b, t), self._split(self.v_proj(x), b, t)
-        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)  # (B, H, T, T)
+    def _project(self, xq, xkv):
+        """Scaled queries of ``xq`` (B, Tq, D), keys and values of ``xkv`` (B, Tk, D)."""
+        if self.packed:
+            d, w, bias = self.heads * self.head_dim, self.in_proj.kernel, self.in_proj.bias
+            q = linear(xq, w[:, :d], bias[:d])
+            k, v = tf.split(linear(xkv, w[:, d:], bias[d:]), 2, axis=-1)
+        else:
+            q, k, v = self.q_proj(xq), self.k_proj(xkv), self.v_proj(xkv)
+        return q * tf.constant(self.scale, q.dtype), k, v
+
+    def attend(self, xq, xkv, attn_mask: Optional[tf.Tensor] = None):
+        """Queries of ``xq`` (B, Tq, D) against ``xkv`` (B, Tk, D) -> (output (B, Tq, D), probs (B, H, Tq, Tk))."""
+        b, tq, d = shape_list(xq)
+        tk = shape_list(xkv)[1]
+        q, k, v = self._project(xq, xkv)
+        q, k, v = self._split(q, b, tq), self._split(k, b, tk), self._split(v, b, tk)
+        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)  # (B, H, Tq, Tk)
         if attn_mask is not None:  # boolean "may attend" (Keras would autocast a float mask)
             scores = tf.where(attn_mask, scores, tf.float32.min)
         probs = tf.nn.softmax(scores, axis=-1)
-        out = tf.matmul(tf.cast(probs, v.dtype), v)  # (B, H, T, hd)
-        out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, t, d])
-        return self.out_proj(out), (probs if output_attentions else None)
+        out = tf.matmul(tf.cast(probs, v.dtype), v)  # (B, H, Tq, hd)
+        return self.out_proj(tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, tq, d])), probs
 
+    def call(self, x, attn_mask: Optional[tf.Tensor] = None, output_attentions: bool = False):
+        out, probs = self.attend(x, x, attn_mask)
+        return out, (probs if output_attentions else None)
 
     def first_query(self, x):
         """Attention output of the first token only (B, 1, D): its query against every key."""
-        b, t, d = shape_list(x)
-        q = self._split(self.q_proj(x[:, :1]) * tf.constant(self.scale, x.dtype), b, 1)
-        k, v = self._split(self.k_proj(x), b, t), self._split(self.v_proj(x), b, t)
-        probs = tf.nn.softmax(tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32), axis=-1)  # (B, H, 1, T)
-        out = tf.matmul(tf.cast(probs, v.dtype), v)  # (B, H, 1, hd)
-        return self.out_proj(tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, 1, d]))
+        return self.attend(x[:, :1], x)[0]
 
 
 class CLIPMLP(keras.layers.Layer):

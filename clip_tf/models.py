@@ -11,7 +11,8 @@ import tensorflow as tf
 
 from conversion.pretrained import (finish, load_pretrained, output_flags, select_part, text_bucket,  # noqa: F401
                                       text_prefix_length)
-from clip_core.config import CLIPConfig, as_clip_config, num_labels_of, with_labels
+from clip_core.config import CLIPConfig, num_labels_of, with_labels
+from clip_core.families import as_model_config, family_of
 from clip_core.outputs import (CLIPOutput, CLIPTextModelOutput, CLIPVisionModelOutput, ImageClassifierOutput)
 from clip_core.schema import from_backend, to_backend
 from clip_core.precision import check_precision, verify_precision
@@ -48,6 +49,7 @@ class CLIPPreTrainedModel(keras.Model):
     """Shared machinery: config handling, the ``{tf path: variable}`` index, loading and saving."""
 
     part: ClassVar[str] = "model"
+    family: ClassVar[str] = "clip"  # the config family the class builds (clip_core.families)
     _top: ClassVar[tuple] = ()
 
     def __init__(self, config: Any, dtype=None, data_format: str = "channels_first",
@@ -55,7 +57,9 @@ class CLIPPreTrainedModel(keras.Model):
         if data_format not in ("channels_first", "channels_last"):
             raise ValueError(f"data_format must be 'channels_first' (NCHW) or 'channels_last', got {data_format!r}")
         super().__init__(name=name, dtype=policy_dtype(dtype), **kwargs)
-        self.config = as_clip_config(config)
+        self.config = as_model_config(config)
+        if family_of(self.config) != self.family:
+            raise ValueError(f"{type(self).__name__} needs a {self.family} config, got a {family_of(self.config)} one")
         self.data_format = data_format
         if jit_compile not in (True, False, "auto"):
             raise ValueError(f"jit_compile must be True, False or 'auto', got {jit_compile!r}")
@@ -184,10 +188,17 @@ class CLIPPreTrainedModel(keras.Model):
             scaled = loss / replicas  # gradients are summed over replicas
         grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
-        return {"loss": loss}
+        return self._report_loss(loss)
 
     def test_step(self, data):
-        return {"loss": self(**self._train_kwargs(data), **self._loss_kwargs(), training=False).loss}
+        return self._report_loss(self(**self._train_kwargs(data), **self._loss_kwargs(), training=False).loss)
+
+    def _report_loss(self, loss) -> dict:
+        """``{"loss": loss}``, also fed to Keras' loss tracker: fit / evaluate report the tracker's mean when
+        the names match (without this the history's loss stayed 0)."""
+        if getattr(self, "_loss_tracker", None) is not None:
+            self._loss_tracker.update_state(loss)
+        return {"loss": loss}
 
     def _loss_kwargs(self) -> dict:
         return {"return_loss": True} if self.part == "model" else {}
@@ -396,10 +407,13 @@ class CLIPForImageClassification(CLIPPreTrainedModel):
     def __init__(self, config: Any, num_labels: Optional[int] = None, **kwargs):
         super().__init__(config, **kwargs)
         self._num_labels = int(num_labels or num_labels_of(self.config))
-        self.vision_model = _vision_tower(self.config, self.dtype_policy)
+        self.vision_model = self._build_vision()
         self.classifier = Dense(self.config.vision_config.hidden_size, self._num_labels, name="classifier",
                                 dtype=self.dtype_policy)
         self.built = True
+
+    def _build_vision(self) -> keras.layers.Layer:
+        return _vision_tower(self.config, self.dtype_policy)
 
     @property
     def num_labels(self) -> int:
@@ -412,11 +426,13 @@ class CLIPForImageClassification(CLIPPreTrainedModel):
              interpolate_pos_encoding=False, return_dict=None, training=None):
         oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         out = self._vision(pixel_values, oa, oh, interpolate_pos_encoding, training)
-        h = out.last_hidden_state
-        feats = tf.reduce_mean(h, axis=[2, 3]) if self.config.is_resnet else tf.reduce_mean(h[:, 1:], axis=1)
-        logits = tf.cast(self.classifier(feats), tf.float32)
+        logits = tf.cast(self.classifier(self._features(out.last_hidden_state)), tf.float32)
         return finish(ImageClassifierOutput(_classification_loss(logits, labels), logits, out.hidden_states,
                                             out.attentions), rd)
+
+    def _features(self, h):
+        """(B, D) classifier input: mean of the patch tokens (ViT) or of the last feature map (ResNet)."""
+        return tf.reduce_mean(h, axis=[2, 3]) if self.config.is_resnet else tf.reduce_mean(h[:, 1:], axis=1)
 
 
 def _classification_loss(logits, labels):

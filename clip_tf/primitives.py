@@ -13,7 +13,7 @@ from typing import Iterator, Optional
 import keras
 import tensorflow as tf
 
-__all__ = ["Dense", "LayerNorm", "Embedding", "Conv2D", "BatchNorm", "activation", "named_variables",
+__all__ = ["Dense", "linear", "LayerNorm", "Embedding", "Conv2D", "BatchNorm", "activation", "named_variables",
            "param", "policy_dtype", "shape_list"]
 
 
@@ -63,13 +63,18 @@ class Dense(_Leaf):
         self._done()
 
     def call(self, x):
-        kernel = tf.cast(self.kernel, x.dtype)
-        if x.shape.rank == 2:
-            y = tf.matmul(x, kernel)
-        else:  # (..., I) -> (N, I) @ (I, O) -> (..., O): one plain GEMM
-            y = tf.reshape(tf.matmul(tf.reshape(x, [-1, kernel.shape[0]]), kernel),
-                           shape_list(x)[:-1] + [kernel.shape[1]])
-        return y + tf.cast(self.bias, y.dtype) if self.use_bias else y
+        return linear(x, self.kernel, self.bias if self.use_bias else None)
+
+
+def linear(x, kernel, bias=None):
+    """``x @ kernel (+ bias)`` in ``x``'s dtype; kernel ``(in, out)`` (a Dense's, or a slice of a packed one)."""
+    kernel = tf.cast(kernel, x.dtype)
+    if x.shape.rank == 2:
+        y = tf.matmul(x, kernel)
+    else:  # (..., I) -> (N, I) @ (I, O) -> (..., O): one plain GEMM
+        y = tf.reshape(tf.matmul(tf.reshape(x, [-1, kernel.shape[0]]), kernel),
+                       shape_list(x)[:-1] + [kernel.shape[1]])
+    return y if bias is None else y + tf.cast(bias, y.dtype)
 
 
 class LayerNorm(_Leaf):

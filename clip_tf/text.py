@@ -35,14 +35,15 @@ class CLIPTextEmbeddings(keras.layers.Layer):
         return x + pos
 
 
-def text_attention_mask(attention_mask: Optional[tf.Tensor], t) -> tf.Tensor:
-    """Boolean "may attend" mask (B|1, 1, T, T): causal, and no padded keys when ``attention_mask`` is given.
-    Masked scores become float32's minimum, as Hugging Face's additive mask makes them."""
-    allowed = tf.linalg.band_part(tf.ones([t, t], tf.bool), -1, 0)[None, None]  # lower triangle
+def text_attention_mask(attention_mask: Optional[tf.Tensor], t, causal: bool = True) -> Optional[tf.Tensor]:
+    """Boolean "may attend" mask (B|1, 1, T|1, T): causal (unless ``causal=False``: SigLIP), and no padded keys
+    when ``attention_mask`` is given; None when nothing is masked. Masked scores become float32's minimum,
+    as Hugging Face's additive mask makes them."""
+    allowed = tf.linalg.band_part(tf.ones([t, t], tf.bool), -1, 0)[None, None] if causal else None  # lower triangle
     if attention_mask is not None:
         # expand a float mask with expand_dims: a strided slice of a bool tensor needs a LiteRT Flex op
         keys = tf.expand_dims(tf.expand_dims(tf.cast(attention_mask, tf.float32), 1), 1) > 0.5  # (B, 1, 1, T)
-        allowed = tf.logical_and(allowed, keys)  # (B, 1, T, T)
+        allowed = keys if allowed is None else tf.logical_and(allowed, keys)  # (B, 1, T, T)
     return allowed
 
 
@@ -58,7 +59,9 @@ def pool_positions(input_ids: tf.Tensor, eos_token_id: int, legacy: bool) -> tf.
 
 class CLIPTextTransformer(keras.layers.Layer):
     """Hugging Face's ``CLIPTextTransformer``: returns last_hidden_state (final-layer-normed) and the
-    EOT-pooled state."""
+    EOT-pooled state. A subclass changes ``causal`` and :meth:`pool` (SigLIP)."""
+
+    causal = True
 
     def __init__(self, config, name: str = "text_model", dtype=None):
         super().__init__(name=name, dtype=dtype)
@@ -75,10 +78,13 @@ class CLIPTextTransformer(keras.layers.Layer):
             raise ValueError("the text tower needs input_ids")
         input_ids = tf.convert_to_tensor(input_ids)
         x = self.embeddings(input_ids, position_ids=position_ids)
-        mask = text_attention_mask(attention_mask, shape_list(input_ids)[1])
+        mask = text_attention_mask(attention_mask, shape_list(input_ids)[1], self.causal)
         x, hidden, attentions = self.encoder(x, attn_mask=mask, output_attentions=output_attentions,
                                               output_hidden_states=output_hidden_states)
         x = self.final_layer_norm(x)
+        return BaseModelOutputWithPooling(x, self.pool(x, input_ids), hidden, attentions)
+
+    def pool(self, x, input_ids):
+        """(B, T, D) final-layer-normed states -> (B, D) state at the EOT token."""
         idx = pool_positions(input_ids, self.cfg.eos_token_id, self.cfg.legacy_eos_pooling)
-        pooled = tf.gather(x, idx, batch_dims=1)  # (B, D)
-        return BaseModelOutputWithPooling(x, pooled, hidden, attentions)
+        return tf.gather(x, idx, batch_dims=1)

@@ -8,9 +8,9 @@ from clip_core.interpolate import bicubic_matrix
 from clip_core.outputs import BaseModelOutputWithPooling
 
 from .layers import CLIPEncoder
-from .primitives import Embedding, LayerNorm, param, policy_dtype, shape_list
+from .primitives import Embedding, LayerNorm, linear, param, policy_dtype, shape_list
 
-__all__ = ["CLIPVisionEmbeddings", "CLIPVisionTransformer", "to_nchw"]
+__all__ = ["CLIPVisionEmbeddings", "CLIPVisionTransformer", "resize_positions", "to_nchw"]
 
 
 def to_nchw(pixel_values, data_format: str):
@@ -40,12 +40,7 @@ class CLIPVisionEmbeddings(keras.layers.Layer):
         if not interpolate:
             raise ValueError(f"input image size ({gh * self.cfg.patch_size}x{gw * self.cfg.patch_size}) doesn't match "
                              f"model ({self.cfg.image_size}x{self.cfg.image_size}); pass interpolate_pos_encoding=True")
-        grid = tf.reshape(tf.cast(table[1:], tf.float32), [n, n, -1])  # (n, n, D)
-        mh = tf.constant(bicubic_matrix(n, gh), tf.float32)
-        mw = tf.constant(bicubic_matrix(n, gw), tf.float32)
-        grid = tf.einsum("hi,ijd,wj->hwd", mh, grid, mw)
-        patch = tf.cast(tf.reshape(grid, [gh * gw, -1]), table.dtype)
-        return tf.concat([table[:1], patch], 0)[None]
+        return tf.concat([table[:1], resize_positions(table[1:], n, gh, gw)], 0)[None]
 
     def call(self, pixel_values, interpolate_pos_encoding: bool = False):  # (B, C, H, W) -> (B, 1+N, D)
         x = tf.cast(pixel_values, self.compute_dtype)
@@ -60,13 +55,24 @@ class CLIPVisionEmbeddings(keras.layers.Layer):
         return x + self._positions(h // p, w // p, interpolate_pos_encoding)
 
 
-class _PatchConv(keras.layers.Layer):
-    """A stride = size, bias-free conv (kernel HWIO) computed as a reshape + GEMM from NCHW input."""
+def resize_positions(table, n: int, gh: int, gw: int):
+    """(n*n, D) patch position embeddings -> (gh*gw, D), PyTorch's bicubic resize (``interpolate_pos_encoding``)."""
+    grid = tf.reshape(tf.cast(table, tf.float32), [n, n, -1])  # (n, n, D)
+    mh = tf.constant(bicubic_matrix(n, gh), tf.float32)
+    mw = tf.constant(bicubic_matrix(n, gw), tf.float32)
+    grid = tf.einsum("hi,ijd,wj->hwd", mh, grid, mw)
+    return tf.cast(tf.reshape(grid, [gh * gw, -1]), table.dtype)
 
-    def __init__(self, c: int, d: int, p: int, dtype=None):
+
+class _PatchConv(keras.layers.Layer):
+    """A stride = size conv (kernel HWIO; bias-free unless ``bias``: SigLIP) as a reshape + GEMM from NCHW input."""
+
+    def __init__(self, c: int, d: int, p: int, dtype=None, bias: bool = False):
         super().__init__(name="patch_embedding", dtype=policy_dtype(dtype))
         self.p = p
         param(self, "kernel", (p, p, c, d), "he_normal")
+        if bias:
+            param(self, "bias", (d,))
         self.built = True
 
     def call(self, x):  # (B, C, H, W) -> (B, gh*gw, D)
@@ -77,8 +83,9 @@ class _PatchConv(keras.layers.Layer):
         x = tf.reshape(x, [b, c, gh, p, gw, p])
         x = tf.transpose(x, [0, 2, 4, 3, 5, 1])  # (B, gh, gw, p, p, C) ~ kernel HWIO order
         x = tf.reshape(x, [b, gh * gw, p * p * c])
-        k = tf.reshape(tf.cast(self.kernel, x.dtype), [p * p * c, -1])
-        return tf.reshape(tf.matmul(tf.reshape(x, [-1, p * p * c]), k), [b, gh * gw, k.shape[-1]])
+        k = tf.reshape(self.kernel, [p * p * c, -1])
+        y = linear(tf.reshape(x, [-1, p * p * c]), k, getattr(self, "bias", None))  # (B*N, D)
+        return tf.reshape(y, [b, gh * gw, k.shape[-1]])
 
 
 class CLIPVisionTransformer(keras.layers.Layer):

@@ -13,9 +13,9 @@ Public API (stable; the backends call these):
 """
 from __future__ import annotations
 
-from .api import FORMATS, Checkpoint, load_checkpoint, load_for_part, read, save_checkpoint
+from .api import FORMATS, FORMATS_BY_FAMILY, Checkpoint, load_checkpoint, load_for_part, read, save_checkpoint
 from .canonical import save_canonical
 from .errors import ConversionError, UnsafePickleError
 
 __all__ = ["load_checkpoint", "load_for_part", "save_canonical", "save_checkpoint", "read", "Checkpoint", "FORMATS",
-           "ConversionError", "UnsafePickleError"]
+           "FORMATS_BY_FAMILY", "ConversionError", "UnsafePickleError"]

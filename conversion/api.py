@@ -35,10 +35,14 @@ from .siglip_names import OPEN_CLIP_IGNORED, OPEN_CLIP_SIGLIP_NAMES, is_open_cli
 from .tensors import OUTPUT_DTYPES
 from .torch_zip import read_extra_record, write_torch_zip
 
-__all__ = ["FORMATS", "Checkpoint", "read", "load_checkpoint", "load_for_part", "save_checkpoint", "default_format"]
+__all__ = ["FORMATS", "FORMATS_BY_FAMILY", "Checkpoint", "read", "load_checkpoint", "load_for_part", "save_checkpoint",
+           "default_format"]
 
 PathLike = Union[str, os.PathLike]
 FORMATS = ("canonical", "hf", "openai", "open_clip", "tf", "flax", "big_vision")
+#: The formats each model family can be written in (SigLIP has no OpenAI, TF .h5 or Flax msgpack form here).
+FORMATS_BY_FAMILY = {"clip": ("canonical", "hf", "openai", "open_clip", "tf", "flax"),
+                     "siglip": ("canonical", "hf", "open_clip", "big_vision")}
 #: Internal test hook, never read from the environment: seconds to sleep after each tensor written
 #: (a test sets it in a subprocess through ``tests/hooked.py`` to kill a conversion mid-write).
 _test_tick_delay = 0.0
