@@ -66,16 +66,28 @@ class CLIPAttention(nn.Module):
         h = self.num_heads
         proj = lambda n: dense(d, self.dtype, self.param_dtype, n)(x).reshape(b, t, h, d // h)
         q, k, v = proj("q_proj"), proj("k_proj"), proj("v_proj")  # (B, T, H, Dh)
-        q = q * jnp.asarray((d // h) ** -0.5, q.dtype)
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)  # (B, H, T, T)
-        if mask is not None:
-            scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(scores, axis=-1)
+        drop = None
         if self.dropout > 0.0 and not deterministic:
-            weights = nn.Dropout(self.dropout)(weights, deterministic=False)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(self.dtype), v).reshape(b, t, d)
+            drop = lambda w: nn.Dropout(self.dropout)(w, deterministic=False)  # noqa: E731
+        out, weights = attend(q, k, v, mask, self.dtype, drop)
         out = dense(d, self.dtype, self.param_dtype, "out_proj")(out)
         return out, (weights if output_attentions else None)
+
+
+def attend(q, k, v, mask, dtype: Dtype, dropout=None):
+    """Scaled dot-product attention over heads: q (B, Tq, H, Dh), k / v (B, Tk, H, Dh), boolean ``mask``
+    broadcastable to (B, H, Tq, Tk) (True = attend); softmax in float32. Returns ``(out (B, Tq, H*Dh),
+    weights (B, H, Tq, Tk))``. Shared by the encoder's self-attention and SigLIP's attention-pooling head."""
+    b, tq, h, dh = q.shape
+    q = q * jnp.asarray(dh ** -0.5, q.dtype)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)  # (B, H, Tq, Tk)
+    if mask is not None:
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1)
+    if dropout is not None:
+        weights = dropout(weights)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v).reshape(b, tq, h * dh)
+    return out, weights
 
 
 class CLIPMLP(nn.Module):

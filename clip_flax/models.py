@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from conversion.pretrained import finish, init_weights, load_pretrained, output_flags, select_part
-from clip_core.config import as_clip_config, num_labels_of, with_labels
+from clip_core.config import num_labels_of, with_labels
+from clip_core.families import as_model_config
 from clip_core.schema import from_backend, to_backend
 from clip_core.precision import check_precision, verify_precision
 
@@ -51,7 +52,7 @@ class FlaxCLIPPreTrainedModel:
         dtype, ``param_dtype`` the parameters'; ``input_shape`` is accepted and unused (shapes come from the
         config). With ``_do_init`` the parameters are drawn by transformers' rules from ``seed``
         (:func:`conversion.pretrained.init_weights`)."""
-        self.config = as_clip_config(config)
+        self.config = as_model_config(config)
         self.dtype, self.param_dtype = dtype or jnp.float32, param_dtype
         self.num_labels = (num_labels or num_labels_of(self.config)) if self.part == "classification" else None
         kwargs = {"num_labels": self.num_labels} if self.part == "classification" else {}
@@ -188,6 +189,8 @@ def _is_image_batch(x: Any) -> bool:
 class _TextFeatures:
     """``get_text_features`` / OpenAI's ``encode_text`` (classes with a text projection)."""
 
+    _trim_text = True  # the causal mask allows computing only a prefix (not SigLIP's bidirectional text)
+
     def get_text_features(self, input_ids, attention_mask=None, position_ids=None, params=None, dropout_rng=None,
                           train: bool = False, output_attentions=None, output_hidden_states=None, return_dict=None,
                           trim: bool = True):
@@ -199,7 +202,7 @@ class _TextFeatures:
         irrelevant to the pooled state); one compilation per bucket.
         """
         ids, mask, pos = _ids(input_ids), _ids(attention_mask), _ids(position_ids)
-        if trim:
+        if trim and self._trim_text:
             ids, mask, pos = trim_text_inputs(ids, mask, pos, self.config.text_config)
         return self._apply("get_text_features", (ids, mask, pos), params, None, train, dropout_rng)
 
@@ -224,14 +227,8 @@ class _ImageFeatures:
         return self.get_image_features(image, params=params)
 
 
-class CLIPModel(_TextFeatures, _ImageFeatures, FlaxCLIPPreTrainedModel):
-    """Text and vision towers, projections and ``logit_scale`` (HF ``FlaxCLIPModel`` semantics).
-
-    Also the OpenAI-style object: ``encode_image``, ``encode_text`` and ``model(image, text)``.
-    """
-
-    module_class = M.CLIPModule
-    part = "model"
+class _DualCall:
+    """``model(input_ids, pixel_values, ...)`` of the whole two-tower models (and OpenAI's ``model(image, text)``)."""
 
     def __call__(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, params=None,
                  dropout_rng=None, train: bool = False, return_loss=None, output_attentions=None,
@@ -242,7 +239,7 @@ class CLIPModel(_TextFeatures, _ImageFeatures, FlaxCLIPPreTrainedModel):
             out = self(input_ids=pixel_values, pixel_values=input_ids, params=params, batch_stats=batch_stats)
             return out.logits_per_image, out.logits_per_text
         if input_ids is None or pixel_values is None:
-            raise ValueError("CLIPModel needs both input_ids and pixel_values")
+            raise ValueError(f"{type(self).__name__} needs both input_ids and pixel_values")
         oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         out = self._apply(None, (_ids(input_ids), _pix(pixel_values), _ids(attention_mask), _ids(position_ids)),
                           params, batch_stats, _train_flag(train, training), dropout_rng, output_attentions=oa,
@@ -251,11 +248,18 @@ class CLIPModel(_TextFeatures, _ImageFeatures, FlaxCLIPPreTrainedModel):
         return finish(out, rd)
 
 
-class CLIPTextModel(FlaxCLIPPreTrainedModel):
-    """The text tower: ``last_hidden_state``, ``pooler_output`` (EOT), ``hidden_states``, ``attentions``."""
+class CLIPModel(_DualCall, _TextFeatures, _ImageFeatures, FlaxCLIPPreTrainedModel):
+    """Text and vision towers, projections and ``logit_scale`` (HF ``FlaxCLIPModel`` semantics).
 
-    module_class = M.CLIPTextModule
-    part = "text"
+    Also the OpenAI-style object: ``encode_image``, ``encode_text`` and ``model(image, text)``.
+    """
+
+    module_class = M.CLIPModule
+    part = "model"
+
+
+class _TextCall:
+    """``model(input_ids, attention_mask, position_ids, ...)`` of the text-tower classes."""
 
     def __call__(self, input_ids=None, attention_mask=None, position_ids=None, params=None, dropout_rng=None,
                  train: bool = False, output_attentions=None, output_hidden_states=None, return_dict=None,
@@ -266,6 +270,13 @@ class CLIPTextModel(FlaxCLIPPreTrainedModel):
         return finish(out, rd)
 
 
+class CLIPTextModel(_TextCall, FlaxCLIPPreTrainedModel):
+    """The text tower: ``last_hidden_state``, ``pooler_output`` (EOT), ``hidden_states``, ``attentions``."""
+
+    module_class = M.CLIPTextModule
+    part = "text"
+
+
 class CLIPTextModelWithProjection(_TextFeatures, CLIPTextModel):
     """The text tower + ``text_projection``: ``text_embeds`` (not normalised), states, attentions."""
 
@@ -273,11 +284,8 @@ class CLIPTextModelWithProjection(_TextFeatures, CLIPTextModel):
     part = "text_with_projection"
 
 
-class CLIPVisionModel(FlaxCLIPPreTrainedModel):
-    """The vision tower (ViT or ModifiedResNet): ``last_hidden_state``, ``pooler_output``, …"""
-
-    module_class = M.CLIPVisionModule
-    part = "vision"
+class _VisionCall:
+    """``model(pixel_values, ...)`` of the vision-tower classes."""
 
     def __call__(self, pixel_values=None, params=None, dropout_rng=None, train: bool = False,
                  output_attentions=None, output_hidden_states=None, interpolate_pos_encoding: bool = False,
@@ -289,6 +297,13 @@ class CLIPVisionModel(FlaxCLIPPreTrainedModel):
         return finish(out, rd)
 
 
+class CLIPVisionModel(_VisionCall, FlaxCLIPPreTrainedModel):
+    """The vision tower (ViT or ModifiedResNet): ``last_hidden_state``, ``pooler_output``, …"""
+
+    module_class = M.CLIPVisionModule
+    part = "vision"
+
+
 class CLIPVisionModelWithProjection(_ImageFeatures, CLIPVisionModel):
     """The vision tower + ``visual_projection`` (ViT; a ResNet's attention pool already projects)."""
 
@@ -296,11 +311,8 @@ class CLIPVisionModelWithProjection(_ImageFeatures, CLIPVisionModel):
     part = "vision_with_projection"
 
 
-class CLIPForImageClassification(FlaxCLIPPreTrainedModel):
-    """Mean of the patch tokens -> linear ``classifier``; ``loss`` when ``labels`` are given."""
-
-    module_class = M.CLIPForImageClassificationModule
-    part = "classification"
+class _ClassifyCall:
+    """``model(pixel_values, labels, ...)`` of the image-classification classes."""
 
     def __call__(self, pixel_values=None, labels=None, params=None, dropout_rng=None, train: bool = False,
                  output_attentions=None, output_hidden_states=None, interpolate_pos_encoding: bool = False,
@@ -311,6 +323,13 @@ class CLIPForImageClassification(FlaxCLIPPreTrainedModel):
                           dropout_rng, output_attentions=oa, output_hidden_states=oh,
                           interpolate_pos_encoding=bool(interpolate_pos_encoding))
         return finish(out, rd)
+
+
+class CLIPForImageClassification(_ClassifyCall, FlaxCLIPPreTrainedModel):
+    """Mean of the patch tokens -> linear ``classifier``; ``loss`` when ``labels`` are given."""
+
+    module_class = M.CLIPForImageClassificationModule
+    part = "classification"
 
 
 FlaxCLIPModel = CLIPModel

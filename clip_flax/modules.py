@@ -15,6 +15,7 @@ from clip_core.config import CLIPConfig
 
 from .layers import Configured, Dtype, dense
 from .resnet import ModifiedResNet
+from .siglip_towers import SiglipTextTransformer, SiglipVisionTransformer
 from .text import CLIPTextTransformer
 from .vision import CLIPVisionTransformer
 
@@ -49,9 +50,21 @@ def clip_loss(logits_per_text: jnp.ndarray) -> jnp.ndarray:
 contrastive_loss = clip_loss  # the earlier name, kept as an alias
 
 
+def _is_siglip(config) -> bool:
+    return getattr(config, "family", "clip") == "siglip"
+
+
 def _vision_tower(config: CLIPConfig, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
-    cls = ModifiedResNet if config.is_resnet else CLIPVisionTransformer
+    """The family's vision tower (CLIP ViT / ModifiedResNet, SigLIP ViT) at ``vision_model``."""
+    cls = SiglipVisionTransformer if _is_siglip(config) else ModifiedResNet if config.is_resnet \
+        else CLIPVisionTransformer
     return cls(config.vision_config, dtype, param_dtype, name="vision_model")
+
+
+def _text_tower(config: CLIPConfig, dtype: Dtype, param_dtype: Dtype) -> nn.Module:
+    """The family's text tower (CLIP causal / SigLIP bidirectional) at ``text_model``."""
+    cls = SiglipTextTransformer if _is_siglip(config) else CLIPTextTransformer
+    return cls(config.text_config, dtype, param_dtype, name="text_model")
 
 
 def _normalize(x):
@@ -105,7 +118,7 @@ class CLIPTextModule(Configured):
     @nn.compact
     def __call__(self, input_ids, attention_mask=None, position_ids=None, deterministic: bool = True,
                  output_attentions: bool = False, output_hidden_states: bool = False):
-        return CLIPTextTransformer(self.config.text_config, self.dtype, self.param_dtype, name="text_model")(
+        return _text_tower(self.config, self.dtype, self.param_dtype)(
             input_ids, attention_mask, position_ids, deterministic, output_attentions, output_hidden_states)
 
 
@@ -158,7 +171,8 @@ class CLIPVisionModelWithProjectionModule(Configured):
 
 
 class CLIPForImageClassificationModule(Configured):
-    """Mean of the patch tokens (ViT: ``last_hidden_state[:, 1:]``; ResNet: over H, W) -> ``classifier``."""
+    """Mean of the patch tokens (ViT: ``last_hidden_state[:, 1:]``; SigLIP: all tokens; ResNet: over H, W)
+    -> ``classifier``."""
 
     num_labels: int = 2
 
@@ -168,7 +182,8 @@ class CLIPForImageClassificationModule(Configured):
         v = _vision_tower(self.config, self.dtype, self.param_dtype)(
             pixel_values, deterministic, output_attentions, output_hidden_states, interpolate_pos_encoding)
         h = v.last_hidden_state
-        feats = h.mean(axis=(2, 3)) if self.config.is_resnet else h[:, 1:].mean(axis=1)  # (B, D)
+        skip = 0 if _is_siglip(self.config) else 1  # CLIP's class token
+        feats = h.mean(axis=(2, 3)) if self.config.is_resnet else h[:, skip:].mean(axis=1)  # (B, D)
         logits = dense(self.num_labels, self.dtype, self.param_dtype, "classifier")(feats)
         loss = None if labels is None else classification_loss(logits, labels, self.num_labels)
         return O.ImageClassifierOutput(loss, logits, v.hidden_states, v.attentions)

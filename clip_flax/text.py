@@ -12,12 +12,24 @@ from clip_core.outputs import BaseModelOutputWithPooling
 from .layers import CLIPEncoder, Configured, layer_norm
 
 
-def text_attention_mask(attention_mask: Optional[jnp.ndarray], t: int) -> jnp.ndarray:
-    """Causal mask combined with an optional padding mask: boolean (B|1, 1, T, T), True = attend."""
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))[None, None]  # (1, 1, T, T)
+def text_attention_mask(attention_mask: Optional[jnp.ndarray], t: int, causal: bool = True) -> Optional[jnp.ndarray]:
+    """Causal mask (CLIP; none for SigLIP's bidirectional text) combined with an optional padding mask:
+    boolean (B|1, 1, T, T), True = attend; None when there is nothing to mask."""
+    mask = jnp.tril(jnp.ones((t, t), dtype=bool))[None, None] if causal else None  # (1, 1, T, T)
     if attention_mask is None:
-        return causal
-    return causal & (attention_mask[:, None, None, :] > 0)  # (B, 1, T, T)
+        return mask
+    padding = attention_mask[:, None, None, :] > 0  # (B, 1, 1, T)
+    return padding if mask is None else mask & padding  # (B, 1, T, T)
+
+
+def text_positions(input_ids: jnp.ndarray, position_ids: Optional[jnp.ndarray], config) -> jnp.ndarray:
+    """``position_ids`` or (B, T) ``0 .. T-1``; a concrete T beyond the position table is an error."""
+    t = input_ids.shape[1]
+    if isinstance(t, int) and t > config.max_position_embeddings:  # symbolic t (export): checked by the exporter
+        raise ValueError(f"sequence length {t} exceeds max_position_embeddings {config.max_position_embeddings}")
+    if position_ids is None:
+        position_ids = jax.lax.broadcasted_iota(jnp.int32, input_ids.shape, 1)  # (B, T); exportable (jax2onnx)
+    return position_ids
 
 
 def pool_positions(input_ids: jnp.ndarray, eos_token_id: int, legacy: bool) -> jnp.ndarray:
@@ -48,10 +60,7 @@ class CLIPTextTransformer(Configured):
                  output_attentions: bool = False, output_hidden_states: bool = False):
         c = self.config
         t = input_ids.shape[1]
-        if isinstance(t, int) and t > c.max_position_embeddings:  # symbolic t (export): checked by the exporter
-            raise ValueError(f"sequence length {t} exceeds max_position_embeddings {c.max_position_embeddings}")
-        if position_ids is None:
-            position_ids = jax.lax.broadcasted_iota(jnp.int32, input_ids.shape, 1)  # (B, T); exportable (jax2onnx)
+        position_ids = text_positions(input_ids, position_ids, c)
         x = CLIPTextEmbeddings(c, self.dtype, self.param_dtype, name="embeddings")(input_ids, position_ids)
         mask = text_attention_mask(attention_mask, t)
         x, hidden, attns = CLIPEncoder(c, self.dtype, self.param_dtype, name="encoder")(

@@ -1,11 +1,12 @@
-"""Fine-tuning with optax: a jit-compiled train step (contrastive loss or classification loss).
+"""Fine-tuning with optax: a jit-compiled train step (contrastive / SigLIP sigmoid loss or classification loss).
 
     step = clip_flax.make_train_step(model, optax.adamw(1e-5))
     params, opt_state = model.params, optimizer.init(model.params)
     params, opt_state, loss = step(params, opt_state, batch, jax.random.PRNGKey(0))
 
 ``batch`` is a dict: ``input_ids``, ``pixel_values`` (NCHW), optional ``attention_mask`` for
-``CLIPModel``; ``pixel_values`` and ``labels`` for ``CLIPForImageClassification``. Dropout is
+``CLIPModel`` / ``SiglipModel`` (its loss is the model's ``return_loss`` one); ``pixel_values`` and
+``labels`` for ``CLIPForImageClassification`` / ``SiglipForImageClassification``. Dropout is
 active (``train=True``) with the given RNG; ResNet BatchNorm uses its running statistics.
 """
 from __future__ import annotations
@@ -32,7 +33,8 @@ def loss_fn(model: Any, params: dict, batch: dict, dropout_rng: jax.Array, batch
         out = model.module.apply(variables, batch["pixel_values"], batch["labels"], deterministic=not train,
                                  rngs=rngs)
     else:
-        raise TypeError(f"{type(model).__name__} has no training loss; use CLIPModel or CLIPForImageClassification")
+        raise TypeError(f"{type(model).__name__} has no training loss; use a whole model (CLIPModel, SiglipModel) "
+                        "or an image classifier")
     return out.loss
 
 
