@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence, Union
+from typing import Callable, Sequence, Union, Optional
 
 import numpy as np
 
 __all__ = [
     "OPENAI_IMAGENET_TEMPLATES", "OPENAI_SELECTED_TEMPLATES", "SIMPLE_TEMPLATES", "TEMPLATE_SETS",
     "get_templates", "parse_labels", "build_prompts", "l2_normalize", "zero_shot_weights_from_embeddings",
-    "build_zero_shot_weights", "zero_shot_logits", "softmax", "top_k",
+    "build_zero_shot_weights", "zero_shot_logits", "zero_shot_probs", "softmax", "top_k",
 ]
 
 # The 80 prompt templates of OpenAI's "Prompt Engineering for ImageNet" notebook, in its order.
@@ -142,6 +142,17 @@ def softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     z = np.exp(z - z.max(axis=axis, keepdims=True))
     return (z / z.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+def zero_shot_probs(image_embeds: np.ndarray, weights: np.ndarray, scale: float = 100.0,
+                    bias: Optional[float] = None) -> np.ndarray:
+    """Label probabilities ``(N, L)``: CLIP's softmax over ``scale * cos`` (``bias`` None), or SigLIP's
+    independent sigmoid of ``scale * cos + bias`` per label (each in 0..1; rows need not sum to 1)."""
+    logits = zero_shot_logits(image_embeds, weights, scale)
+    if bias is None:
+        return softmax(logits)
+    z = np.asarray(logits, np.float64) + float(bias)
+    return (0.5 * (1.0 + np.tanh(0.5 * z))).astype(np.float32)  # the sigmoid, without overflow
 
 
 def top_k(probs: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

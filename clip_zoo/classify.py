@@ -95,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
             if pixels is None:
                 continue
             embeds = check_finite(encoder.encode_images(pixels), lambda r: f"image {batch[ok[r]]}")
-            probs = check_finite(zs.softmax(zs.zero_shot_logits(embeds, weights, LOGIT_SCALE)),
+            probs = check_finite(zs.zero_shot_probs(embeds, weights, *encoder.probability_params),
                                  lambda r: f"image {batch[ok[r]]}")
             idx, val = zs.top_k(probs, args.top_k)
             for row, i in enumerate(ok):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import os
 from pathlib import Path
 from typing import Optional, Sequence
@@ -115,9 +116,36 @@ def resolve_model(spec: Optional[str]) -> Path:
                       "a checkpoint (OpenAI .pt, Hugging Face directory, open_clip file)")
 
 
-def _tokenizer_for(directory: Optional[Path]):
+def checkpoint_family(path: Path) -> str:
+    """``"siglip"`` or ``"clip"`` from a checkpoint's side files (``config.json``'s ``model_type``, an open_clip
+    config naming SigLIP, a big_vision ``.npz``), without reading its weights."""
+    path = Path(path)
+    if path.suffix == ".npz":
+        return "siglip"
+    directory = path if path.is_dir() else path.parent
+    try:
+        if (directory / "config.json").is_file():
+            data = json.loads((directory / "config.json").read_text("utf-8"))
+            return "siglip" if str(data.get("model_type", "")).startswith("siglip") else "clip"
+        if (directory / "open_clip_config.json").is_file():
+            text = (directory / "open_clip_config.json").read_text("utf-8").lower()
+            return "siglip" if "siglip" in text else "clip"
+    except (OSError, ValueError, AttributeError):
+        pass  # unreadable side files: the loader names the problem
+    return "clip"
+
+
+def _tokenizer_for(directory: Optional[Path], family: str = "clip"):
     from clip_core import CLIPTokenizer
 
+    if directory is not None and family == "siglip":
+        from clip_core.siglip_tokenizer import load_tokenizer
+
+        try:
+            return load_tokenizer(directory)
+        except (OSError, ValueError) as err:
+            raise CLIZooError(f"{directory}: no usable SigLIP tokenizer ({err}), add the checkpoint's spiece.model "
+                              "or tokenizer.json to the folder") from None
     if directory is None:
         return CLIPTokenizer()
     if (directory / "vocab.json").is_file() and (directory / "merges.txt").is_file() or (directory / "tokenizer.json").is_file():
@@ -128,6 +156,13 @@ def _tokenizer_for(directory: Optional[Path]):
 def _processor_for(directory: Optional[Path], config, num_threads: Optional[int]):
     from clip_core import CLIPImageProcessor
 
+    if getattr(config, "family", "clip") == "siglip":
+        from clip_core.siglip_processing import SiglipImageProcessor
+
+        if directory is not None and (directory / "preprocessor_config.json").is_file():
+            return SiglipImageProcessor.from_pretrained(directory, num_threads=num_threads)
+        n = config.vision_config.image_size
+        return SiglipImageProcessor(size={"height": n, "width": n}, num_threads=num_threads)
     if directory is not None and (directory / "preprocessor_config.json").is_file():
         return CLIPImageProcessor.from_pretrained(directory, num_threads=num_threads)
     n = config.vision_config.image_size
@@ -139,9 +174,12 @@ def early_processor(path: Path, num_threads: Optional[int] = None):
     so images can be decoded while the model loads; ``None`` when it needs the model's config."""
     path = Path(path)
     if path.is_dir() and (path / "preprocessor_config.json").is_file():
-        from clip_core import CLIPImageProcessor
+        if checkpoint_family(path) == "siglip":
+            from clip_core.siglip_processing import SiglipImageProcessor as Processor
+        else:
+            from clip_core import CLIPImageProcessor as Processor
 
-        return CLIPImageProcessor.from_pretrained(path, num_threads=num_threads)
+        return Processor.from_pretrained(path, num_threads=num_threads)
     return None
 
 
@@ -155,6 +193,7 @@ class Encoder:
         self.threads = threads
         self.precision = precision
         self.backend = import_framework(_MODULES[self.framework][1])
+        self.family = checkpoint_family(self.path)
         self._setup_threads(threads)
         self.model = self._load(self.path)
         self.config = self.model.config
@@ -165,7 +204,7 @@ class Encoder:
     @functools.cached_property
     def tokenizer(self):
         """The checkpoint's tokenizer, built on first use (an image-only run never pays for it)."""
-        return _tokenizer_for(self.path if self.path.is_dir() else None)
+        return _tokenizer_for(self.path if self.path.is_dir() else None, self.family)
 
     def _setup_threads(self, threads: Optional[int]) -> None:
         """Limit the framework's intra-op threads (no-op by default)."""
@@ -173,8 +212,9 @@ class Encoder:
     def _load(self, path: Path):
         from clip_core.precision import PrecisionError
 
+        cls = self.backend.SiglipModel if self.family == "siglip" else self.backend.CLIPModel
         try:
-            return self.backend.CLIPModel.from_pretrained(path, precision=self.precision)
+            return cls.from_pretrained(path, precision=self.precision)
         except PrecisionError as err:
             raise CLIZooError(f"{err}") from None
 
@@ -187,6 +227,21 @@ class Encoder:
     @property
     def dim(self) -> int:
         return self.config.projection_dim
+
+    @functools.cached_property
+    def probability_params(self) -> tuple[float, Optional[float]]:
+        """``(scale, bias)`` for :func:`clip_core.zero_shot.zero_shot_probs`: CLIP's softmax at scale 100 (bias
+        None, as OpenAI's zero-shot recipe), or SigLIP's sigmoid at the model's ``exp(logit_scale)`` and
+        ``logit_bias``."""
+        if self.family != "siglip":
+            return 100.0, None
+        scale, bias = (float(np.asarray(self._parameter(n), np.float64).reshape(-1)[0])
+                       for n in ("logit_scale", "logit_bias"))
+        return float(np.exp(scale)), bias
+
+    def _parameter(self, name: str) -> np.ndarray:
+        """A top-level model parameter (``logit_scale`` ...) as numpy."""
+        return np.asarray(getattr(self.model, name))
 
     def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """``(N, 3, H, W)`` float32 → ``(N, D)`` L2-normalized float32."""
@@ -201,7 +256,8 @@ class Encoder:
         enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.context_length,
                              return_tensors="np")
         ids = np.asarray(enc["input_ids"], np.int32)
-        mask = np.asarray(enc["attention_mask"], np.int32)
+        # SigLIP's tokenizer returns no mask: its text tower attends to the padding, as it was trained
+        mask = np.asarray(enc["attention_mask"], np.int32) if "attention_mask" in enc else None
         return l2_normalize(np.asarray(self._text_features(ids, mask), np.float32))
 
 
@@ -224,9 +280,12 @@ class TorchEncoder(Encoder):
         import torch
 
         with torch.inference_mode():
-            out = self.model.get_text_features(input_ids=torch.from_numpy(input_ids).long(),
-                                               attention_mask=torch.from_numpy(attention_mask).long())
+            mask = None if attention_mask is None else torch.from_numpy(attention_mask).long()
+            out = self.model.get_text_features(input_ids=torch.from_numpy(input_ids).long(), attention_mask=mask)
             return out.float().numpy()
+
+    def _parameter(self, name: str) -> np.ndarray:
+        return getattr(self.model, name).detach().float().numpy()
 
 
 class TFEncoder(Encoder):
@@ -249,8 +308,8 @@ class TFEncoder(Encoder):
     def _text_features(self, input_ids, attention_mask):
         import tensorflow as tf
 
-        return np.asarray(self.model.get_text_features(input_ids=tf.constant(input_ids),
-                                                       attention_mask=tf.constant(attention_mask)))
+        mask = None if attention_mask is None else tf.constant(attention_mask)
+        return np.asarray(self.model.get_text_features(input_ids=tf.constant(input_ids), attention_mask=mask))
 
 
 class FlaxEncoder(Encoder):
@@ -265,6 +324,9 @@ class FlaxEncoder(Encoder):
 
     def _text_features(self, input_ids, attention_mask):
         return np.asarray(self.model.get_text_features(input_ids, attention_mask))
+
+    def _parameter(self, name: str) -> np.ndarray:
+        return np.asarray(self.model.params[name], np.float32)
 
 
 _ENCODERS = {"torch": TorchEncoder, "tf": TFEncoder, "flax": FlaxEncoder}

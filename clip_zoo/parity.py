@@ -14,6 +14,7 @@ import itertools
 import json
 import platform
 import sys
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import numpy as np
@@ -81,16 +82,34 @@ def installed_frameworks() -> list[str]:
     return [name for name, (module, _) in FRAMEWORKS.items() if importlib.util.find_spec(module) is not None]
 
 
+def _siglip_texts(config, seed: int) -> tuple[dict, dict]:
+    """SigLIP's text battery, the same without its tokenizer files: seeded ids, padded to the full context
+    (as SigLIP is run) with and without a mask, and one unpadded row."""
+    t = config.text_config
+    rng = np.random.default_rng(seed)
+    lengths = np.array([3, 1, 12, t.max_position_embeddings, 2, 7]).clip(1, t.max_position_embeddings)
+    ids = rng.integers(2, t.vocab_size, (len(lengths), t.max_position_embeddings)).astype(np.int32)
+    mask = (np.arange(t.max_position_embeddings)[None, :] < lengths[:, None]).astype(np.int32)
+    ids = np.where(mask == 1, ids, t.pad_token_id or 0).astype(np.int32)
+    return {"input_ids": ids, "attention_mask": mask}, {"input_ids": ids[:1, :lengths[0]]}
+
+
 def battery(config, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """The fixed inputs: ``padded`` (HF-style padding + mask) and ``unpadded`` (one prompt, no mask)."""
     from clip_core import CLIPImageProcessor, CLIPTokenizer
 
     ctx = config.text_config.max_position_embeddings
-    tok = CLIPTokenizer()
-    padded = tok(PROMPTS, padding=True, truncation=True, max_length=ctx, return_tensors="np")
-    single = tok(PROMPTS[:1], padding=False, truncation=True, max_length=ctx, return_tensors="np")
     size = config.vision_config.image_size
-    proc = CLIPImageProcessor(mode="hf", size=size, crop_size=size)
+    if getattr(config, "family", "clip") == "siglip":
+        from clip_core.siglip_processing import SiglipImageProcessor
+
+        padded, single = _siglip_texts(config, seed)
+        proc = SiglipImageProcessor(size={"height": size, "width": size})
+    else:
+        tok = CLIPTokenizer()
+        padded = tok(PROMPTS, padding=True, truncation=True, max_length=ctx, return_tensors="np")
+        single = tok(PROMPTS[:1], padding=False, truncation=True, max_length=ctx, return_tensors="np")
+        proc = CLIPImageProcessor(mode="hf", size=size, crop_size=size)
     pixels = proc(_synthetic_images(seed), return_tensors="np")["pixel_values"]
     return {
         "padded": {"input_ids": np.asarray(padded["input_ids"], np.int32),
@@ -156,19 +175,22 @@ def load_model(framework: str, checkpoint: str, dtype: str = "fp32"):
     """
     from .console import import_framework
 
+    from .engines import checkpoint_family
+
     module = import_framework(FRAMEWORKS[framework][1])  # minus the C++ log noise when run quietly
+    cls = module.SiglipModel if checkpoint_family(Path(checkpoint)) == "siglip" else module.CLIPModel
     if dtype == "fp32":
-        return module.CLIPModel.from_pretrained(checkpoint)
+        return cls.from_pretrained(checkpoint)
     if framework == "torch":
         import torch
 
-        return module.CLIPModel.from_pretrained(checkpoint).to(getattr(torch, DTYPE_NAMES[dtype]))
+        return cls.from_pretrained(checkpoint).to(getattr(torch, DTYPE_NAMES[dtype]))
     if framework == "flax":
         import jax.numpy as jnp
 
         jdt = getattr(jnp, DTYPE_NAMES[dtype])
-        return module.CLIPModel.from_pretrained(checkpoint, dtype=jdt, param_dtype=jdt)
-    return module.CLIPModel.from_pretrained(checkpoint, dtype=DTYPE_NAMES[dtype])
+        return cls.from_pretrained(checkpoint, dtype=jdt, param_dtype=jdt)
+    return cls.from_pretrained(checkpoint, dtype=DTYPE_NAMES[dtype])
 
 
 def run_backend(framework: str, model: Any, inputs: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -160,10 +160,17 @@ def _forward(encoder, kind: str, values: list):
 
     if kind == "text":
         emb = check_finite(encoder.encode_texts(values), "a text")
-        mask = encoder.tokenizer(values, truncation=True, max_length=encoder.context_length,
-                                 return_tensors="np")["attention_mask"]
-        return list(zip(emb, np.asarray(mask).sum(axis=1).tolist()))
+        return list(zip(emb, _token_counts(encoder, values)))
     return check_finite(encoder.encode_images(np.stack(values)), "an image")  # (N, D)
+
+
+def _token_counts(encoder, texts: list) -> list[int]:
+    """Tokens per text after truncation (the attention mask's sum; SigLIP's tokenizer returns no mask)."""
+    enc = encoder.tokenizer(texts, truncation=True, max_length=encoder.context_length, return_tensors="np")
+    if "attention_mask" in enc:
+        return np.asarray(enc["attention_mask"]).sum(axis=1).tolist()
+    return [len(encoder.tokenizer([t], truncation=True, max_length=encoder.context_length)["input_ids"][0])
+            for t in texts]
 
 
 def _resolve_model(args: argparse.Namespace, index: Optional[SearchIndex]) -> tuple[Optional[str], Optional[str]]:

@@ -115,7 +115,6 @@ def add_routes(app, service: Service) -> None:
 
     from clip_core import zero_shot as zs
 
-    from .classify import LOGIT_SCALE
     from .serve_metrics import CONTENT_TYPE
 
     page = resources.files("clip_zoo").joinpath("serve_page.html").read_text("utf-8")
@@ -180,7 +179,7 @@ def add_routes(app, service: Service) -> None:
         pixels = await _decode_images(service, [(param, image)])
         weights = await _classifier(service, weights_cache, labels, templates)
         emb = np.stack(await _encode(service, "image", pixels))  # (1, D)
-        idx, val = zs.top_k(zs.softmax(zs.zero_shot_logits(emb, weights, LOGIT_SCALE)), top_k)
+        idx, val = zs.top_k(zs.zero_shot_probs(emb, weights, *service.batcher.model.probability_params), top_k)
         return {"model": service.model_id, "predictions": [{"label": labels[int(i)], "probability": round(float(p), 6)}
                                                            for i, p in zip(idx[0], val[0])]}
 
