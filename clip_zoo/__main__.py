@@ -103,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     serve.add_parser(sub)  # `clip-zoo serve`: the HTTP service
     _common(sub.choices["serve"])
+    from . import finetune
+
+    finetune.add_parser(sub)  # `clip-zoo finetune`: contrastive fine-tuning (torch, tf, flax)
     return parser
 
 
