@@ -4,7 +4,8 @@ Every backend's ``export`` module has the same four functions (``export_onnx``, 
 ``export_litert``, ``load_exported``). Graphs map int32 ``input_ids`` / ``attention_mask`` (B, T) or
 float32 ``pixel_values`` (B, C, H, W) to ``text_embeds`` / ``image_embeds`` (B, D), projected, not
 normalized, with a symbolic batch and text length; the text graph runs the full length and pools at
-the EOT position by argmax + gather (``trim`` is off: it needs concrete ids).
+the EOT position by argmax + gather (``trim`` is off: it needs concrete ids). SigLIP: the text graph
+has the same inputs at the fixed context length (last-position pooling + head).
 """
 from __future__ import annotations
 
@@ -22,6 +23,12 @@ PathLike = Union[str, os.PathLike]
 PARTS = ("image", "text")
 
 
+def _siglip(model) -> bool:
+    from clip_core.families import family_of
+
+    return family_of(model.config) == "siglip"
+
+
 def _function(model, part: str) -> Callable:
     """The pure function of ``part`` with the model's variables closed over."""
     variables = model.variables()
@@ -32,6 +39,8 @@ def _function(model, part: str) -> Callable:
 
 
 def _specs(model, part: str, batch, length) -> list[jax.ShapeDtypeStruct]:
+    if part == "text" and _siglip(model):  # fixed length: the context length
+        return [jax.ShapeDtypeStruct((batch, model.config.text_config.max_position_embeddings), jnp.int32)] * 2
     if part == "text":
         return [jax.ShapeDtypeStruct((batch, length), jnp.int32)] * 2
     v = model.config.vision_config
@@ -59,8 +68,8 @@ def export_native(model, directory: PathLike, parts: Sequence[str] = PARTS, dtyp
     limit = model.config.text_config.max_position_embeddings
     out = {}
     for part in parts:  # the length is a dimension of the text inputs only
-        dims = export.symbolic_shape("b, t", constraints=[f"t <= {limit}"]) if part == "text" else (
-            *export.symbolic_shape("b"), None)
+        dims = export.symbolic_shape("b, t", constraints=[f"t <= {limit}"]) if part == "text" and not _siglip(
+            model) else (*export.symbolic_shape("b"), None)  # SigLIP's text: fixed length
         exported = export.export(jax.jit(_function(model, part)))(*_specs(model, part, *dims))
         path = Path(directory) / f"{part}.stablehlo"
         path.write_bytes(exported.serialize())

@@ -6,6 +6,8 @@ Every backend's ``export`` module has the same four functions (``export_onnx``, 
 ``export_litert``, ``load_exported``); ``export_saved_model`` is this backend's earlier entry point.
 Graphs map int32 ``input_ids`` / ``attention_mask`` (B, T) or float32 ``pixel_values`` to
 ``text_embeds`` / ``image_embeds`` (B, D), projected, not normalized, with a dynamic batch and length.
+SigLIP: the text signature has the same inputs at the fixed context length (last-position pooling + head);
+the image signature returns the attention-pooling head's output.
 """
 from __future__ import annotations
 
@@ -26,6 +28,32 @@ _TEXT_SPEC = [tf.TensorSpec([None, None], tf.int32, name="input_ids"),
               tf.TensorSpec([None, None], tf.int32, name="attention_mask")]
 
 
+def _text_spec(model) -> list:
+    """The text signature's inputs: ids + mask, of any length (CLIP) or the context length (SigLIP)."""
+    if getattr(model, "family", "clip") != "siglip":
+        return _TEXT_SPEC
+    length = model.config.text_config.max_position_embeddings
+    return [tf.TensorSpec([None, length], tf.int32, name=s.name) for s in _TEXT_SPEC]
+
+
+def _endpoints(model, full_length: bool) -> dict:
+    """``{part: (function of the signature's inputs -> embeddings, input signature)}`` for the model's family."""
+    if getattr(model, "family", "clip") == "siglip":
+        return {"text": (lambda ids, mask: model.get_text_features(ids, mask), _text_spec(model)),
+                "image": (model.get_image_features, [model._pixel_spec()])}
+    out = {}
+    if hasattr(model, "_text_embeds_prefix"):
+        out["text"] = (model._text_embeds if full_length else model._text_embeds_prefix, _TEXT_SPEC)
+    if hasattr(model, "_image_embeds"):
+        out["image"] = (model._image_embeds, [model._pixel_spec()])
+    return out
+
+
+def _named(fn: Callable, key: str) -> Callable:
+    """``fn`` returning ``{key: fn(...)}`` (the signature's output name)."""
+    return lambda *args: {key: fn(*args)}
+
+
 def export_saved_model(model, path: PathLike, full_length: bool = False,
                        parts: Sequence[str] = PARTS) -> str:
     """Write a SavedModel with signatures ``get_text_features`` (int ``input_ids`` (B, T) and
@@ -39,15 +67,9 @@ def export_saved_model(model, path: PathLike, full_length: bool = False,
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    if "text" in parts and hasattr(model, "_text_embeds_prefix"):
-        text = model._text_embeds if full_length else model._text_embeds_prefix
-        archive.add_endpoint(SIGNATURES["text"],
-                             lambda input_ids, attention_mask: {"text_embeds": text(input_ids, attention_mask)},
-                             input_signature=_TEXT_SPEC)
-    if "image" in parts and hasattr(model, "_image_embeds"):
-        archive.add_endpoint(
-            SIGNATURES["image"], lambda pixel_values: {"image_embeds": model._image_embeds(pixel_values)},
-            input_signature=[model._pixel_spec()])
+    for part, (fn, spec) in _endpoints(model, full_length).items():
+        if part in parts:
+            archive.add_endpoint(SIGNATURES[part], _named(fn, f"{part}_embeds"), input_signature=spec)
     archive.write_out(str(path), verbose=False)
     return str(path)
 
@@ -81,7 +103,7 @@ def export_onnx(model, directory: PathLike, parts: Sequence[str] = PARTS,
         export_saved_model(model, Path(tmp) / "sm", full_length=True, parts=parts)
         loaded = tf.saved_model.load(str(Path(tmp) / "sm"))
         for part in parts:
-            spec = _TEXT_SPEC if part == "text" else [model._pixel_spec()]
+            spec = _text_spec(model) if part == "text" else [model._pixel_spec()]
             path = Path(directory) / f"{part}.onnx"
             _onnx_part(loaded.signatures[SIGNATURES[part]], part, spec, path, opset)
             out[part] = path.name

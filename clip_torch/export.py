@@ -5,6 +5,9 @@ Every backend's ``export`` module has the same four functions (``export_onnx``, 
 ``pixel_values`` (B, C, H, W) to ``text_embeds`` / ``image_embeds`` (B, D): projected, not normalized.
 Batch and text length are dynamic; the text graph runs the full length and pools at the EOT position
 by argmax + gather, with no data-dependent Python control flow (eager inference keeps its trimming).
+SigLIP (``config.family == "siglip"``): the text graph takes the same two inputs at the fixed context length
+(its tokenizer pads to it; the mask, as its tokenizer gives it, masks the padding in the bidirectional
+encoder) and returns the head of the last position; the image graph returns the attention-pooling head's output.
 """
 from __future__ import annotations
 
@@ -51,6 +54,39 @@ class _ImageEmbeds(nn.Module):
         return self.visual_projection(pooled)  # (B, D)
 
 
+class _SiglipText(nn.Module):
+    """SigLIP ``(input_ids, attention_mask) -> text_embeds``: last-position pooling + head (the text tower only)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.text_model = model.text_model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.text_model(input_ids, attention_mask).pooler_output  # (B, D)
+
+
+class _SiglipImage(nn.Module):
+    """SigLIP ``pixel_values -> image_embeds``: the attention-pooling head's output (the image tower only)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.vision_model = model.vision_model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vision_model(pixel_values).pooler_output  # (B, D)
+
+
+# family -> part -> wrapper module
+WRAPPERS = {"clip": {"text": _TextEmbeds, "image": _ImageEmbeds},
+            "siglip": {"text": _SiglipText, "image": _SiglipImage}}
+
+
+def _family(model) -> str:
+    from clip_core.families import family_of
+
+    return family_of(model.config)
+
+
 class _Cast(nn.Module):
     """Run ``inner`` (already converted to ``dtype``) on float32 pixels / int ids; float32 embeddings out."""
 
@@ -73,16 +109,20 @@ def _example(model, part: str, dtype: str = "fp32") -> tuple[nn.Module, tuple, t
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     source = model if dtype == "fp32" else copy.deepcopy(model).to(DTYPES[dtype])
-    batch = Dim("batch", min=1, max=65536)
-    if part == "text":
-        length = Dim("length", min=1, max=model.config.text_config.max_position_embeddings)
+    batch, family = Dim("batch", min=1, max=65536), _family(model)
+    module = WRAPPERS[family][part](source)
+    t = model.config.text_config
+    if part == "text" and family == "siglip":  # fixed length: the context length
+        ids = torch.ones((2, t.max_position_embeddings), dtype=torch.long)
+        args, dims = (ids, torch.ones_like(ids)), ({0: batch},) * 2
+    elif part == "text":
+        length = Dim("length", min=1, max=t.max_position_embeddings)
         ids = torch.full((2, 8), 1, dtype=torch.long)
-        ids[:, -1] = model.config.text_config.eos_token_id
-        module, args, dims = _TextEmbeds(source), (ids, torch.ones_like(ids)), ({0: batch, 1: length},) * 2
+        ids[:, -1] = t.eos_token_id
+        args, dims = (ids, torch.ones_like(ids)), ({0: batch, 1: length},) * 2
     else:
         v = model.config.vision_config
-        pixels = torch.zeros(2, v.num_channels, v.image_size, v.image_size)
-        module, args, dims = _ImageEmbeds(source), (pixels,), ({0: batch},)
+        args, dims = (torch.zeros(2, v.num_channels, v.image_size, v.image_size),), ({0: batch},)
     if dtype != "fp32":  # one *inputs argument: its shapes nest one level down
         module, dims = _Cast(module, DTYPES[dtype]), (dims,)
     return module.eval(), args, dims

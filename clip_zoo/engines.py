@@ -118,12 +118,14 @@ def resolve_model(spec: Optional[str]) -> Path:
 
 def checkpoint_family(path: Path) -> str:
     """``"siglip"`` or ``"clip"`` from a checkpoint's side files (``config.json``'s ``model_type``, an open_clip
-    config naming SigLIP, a big_vision ``.npz``), without reading its weights."""
+    config naming SigLIP, a big_vision ``.npz``, an export's ``model.json``), without reading its weights."""
     path = Path(path)
     if path.suffix == ".npz":
         return "siglip"
     directory = path if path.is_dir() else path.parent
     try:
+        if (directory / "model.json").is_file() and not (directory / "config.json").is_file():  # an export
+            return str(json.loads((directory / "model.json").read_text("utf-8")).get("family", "clip"))
         if (directory / "config.json").is_file():
             data = json.loads((directory / "config.json").read_text("utf-8"))
             return "siglip" if str(data.get("model_type", "")).startswith("siglip") else "clip"
@@ -256,7 +258,7 @@ class Encoder:
         enc = self.tokenizer(list(texts), padding="max_length", truncation=True, max_length=self.context_length,
                              return_tensors="np")
         ids = np.asarray(enc["input_ids"], np.int32)
-        # SigLIP's tokenizer returns no mask: its text tower attends to the padding, as it was trained
+        # the mask exactly when the tokenizer gives one, as transformers' processors feed the model
         mask = np.asarray(enc["attention_mask"], np.int32) if "attention_mask" in enc else None
         return l2_normalize(np.asarray(self._text_features(ids, mask), np.float32))
 

@@ -25,7 +25,7 @@ FORMATS = {"onnx": (("torch", "tf", "flax"), "export_onnx"), "litert": (("tf",),
            "stablehlo": (("flax",), "export_native"), "pt2": (("torch",), "export_native"),
            "savedmodel": (("tf",), "export_native")}
 SIDE_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-              "preprocessor_config.json")
+              "preprocessor_config.json", "spiece.model", "tokenizer.model", "added_tokens.json")  # + SigLIP's
 
 
 def add_parser(sub) -> None:
@@ -96,15 +96,24 @@ def _model_json(args, framework: str, encoder, files: dict, report: dict, source
     from .embed import model_fingerprint
 
     text_dtype = "int64" if args.to in ("onnx", "pt2") and framework == "torch" else "int32"
-    ids = [text_dtype, ["batch", "length"]]
+    siglip = encoder.family == "siglip"  # fixed length (see docs/export.md)
+    ids = [text_dtype, ["batch", encoder.context_length if siglip else "length"]]
     inputs = {"text": {"input_ids": ids, "attention_mask": ids},
               "image": {"pixel_values": ["float32", ["batch", "channels", "height", "width"]]}}
     return {"format_version": 1, "format": args.to, "framework": framework, "int8": bool(args.int8),
+            "family": encoder.family, **_logit_params(encoder),
             "dtype": args.dtype,
             "files": files, "inputs": {p: inputs[p] for p in files},
             "outputs": {p: f"{p}_embeds (batch, {encoder.dim}) projected, not normalized" for p in files},
             "context_length": encoder.context_length, "config": encoder.config.to_dict(),
             "source": {"path": str(source), "sha256": model_fingerprint(source)}, "verification": report}
+
+
+def _logit_params(encoder) -> dict:
+    """SigLIP's raw ``logit_scale`` (log) and ``logit_bias``, for the sigmoid probabilities of the onnx engine."""
+    if encoder.family != "siglip":
+        return {}
+    return {n: float(encoder._parameter(n).reshape(-1)[0]) for n in ("logit_scale", "logit_bias")}
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 """Verification of exported graphs: reload each artifact once in its runtime and compare it with the eager
-model on held-out inputs (texts of 1, 20 and the full context length; batch 1 and a larger batch).
+model on held-out inputs (texts of 1, 20 and the full context length; batch 1 and a larger batch; SigLIP:
+texts of several lengths through the checkpoint's tokenizer, padded to the context length).
 
 fp32 passes when the max abs difference of the L2-normalized embeddings is at most ``FP32_BOUND``;
 ``--int8``, ``--dtype fp16`` and ``bf16`` graphs when every embedding's cosine similarity with the eager
@@ -13,7 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["FP32_BOUND", "COSINE_BOUNDS", "text_cases", "image_cases", "load_runner", "verify", "format_report"]
+__all__ = ["FP32_BOUND", "COSINE_BOUNDS", "text_cases", "siglip_text_cases", "image_cases", "load_runner", "verify",
+           "format_report"]
 
 FP32_BOUND = 1e-5
 COSINE_BOUNDS = {"int8": 0.99, "fp16": 0.999, "bf16": 0.99}
@@ -35,6 +37,33 @@ def text_cases(config, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]
             ids[np.arange(batch), ends] = t.eos_token_id
             cases[f"text T={length} B={batch}"] = (ids, mask)
     return cases
+
+
+SIGLIP_TEXTS = ("a", "a photo of a dog", "two cats sleeping on a red sofa next to an open window, in the "
+                "afternoon sun, with a cup of tea and a stack of old books on the wooden floor",
+                "Hello, World! 123", "the quick brown fox jumps over the lazy dog")
+
+
+def siglip_text_cases(encoder) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """``{name: (input_ids, attention_mask)}`` int32 from the checkpoint's own tokenizer (mask of ones when it
+    gives none): texts of 1 word to past the context length (truncated), batch 1 and 5, padded to the
+    context length as SigLIP always is."""
+    def ids(texts):
+        enc = encoder.tokenizer(list(texts), padding="max_length", truncation=True,
+                                max_length=encoder.context_length, return_tensors="np")
+        ids = np.asarray(enc["input_ids"], np.int32)  # (B, T)
+        return ids, np.asarray(enc["attention_mask"], np.int32) if "attention_mask" in enc else np.ones_like(ids)
+
+    cases = {f"text {n} B=1": ids([t]) for n, t in zip(("short", "long"), SIGLIP_TEXTS[1:3])}
+    cases["text mixed B=5"] = ids(SIGLIP_TEXTS)
+    return cases
+
+
+def _text_battery(encoder) -> dict:
+    """The family's text cases: ``{name: (input_ids, attention_mask)}``."""
+    if getattr(encoder, "family", "clip") == "siglip":
+        return siglip_text_cases(encoder)
+    return text_cases(encoder.config)
 
 
 def image_cases(config, seed: int = 0) -> dict[str, np.ndarray]:
@@ -76,7 +105,7 @@ def verify(encoder, directory: Path, files: dict, fmt: str, backend_export, prec
         load = time.perf_counter() - t0
         if part == "text":
             cases = {k: (encoder._text_features(ids, mask), dict(input_ids=ids, attention_mask=mask))
-                     for k, (ids, mask) in text_cases(encoder.config).items()}
+                     for k, (ids, mask) in _text_battery(encoder).items()}
         else:
             cases = {k: (encoder._image_features(px), dict(pixel_values=px))
                      for k, px in image_cases(encoder.config).items()}

@@ -172,7 +172,7 @@ class BatchMaker:
         end token irrelevant, and few distinct ``T`` keep compiled frameworks from retracing."""
         enc = self.tokenizer(list(captions), padding="max_length", truncation=True,
                              max_length=self.context_length, return_tensors="np")
-        if not self.trim:  # SigLIP: the whole context, and a mask only if its tokenizer gives one (SigLIP 2)
+        if not self.trim:  # SigLIP: the whole context, and the mask when its tokenizer gives one
             return {k: np.asarray(enc[k], np.int64) for k in ("input_ids", "attention_mask") if k in enc}
         mask = np.asarray(enc["attention_mask"], np.int64)  # (B, context)
         longest = int(mask.sum(axis=1).max()) if len(mask) else 1

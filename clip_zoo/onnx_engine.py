@@ -61,7 +61,7 @@ class OnnxEncoder(Encoder):
     framework = "onnx"
 
     def __init__(self, path: Path, threads: Optional[int] = None, processor=None) -> None:
-        from clip_core.config import CLIPConfig
+        from clip_core.families import config_from_dict
 
         self.path = Path(path)
         self.threads = threads
@@ -69,14 +69,21 @@ class OnnxEncoder(Encoder):
         if self.meta.get("format") != "onnx":
             raise CLIZooError(f"{path} holds a {self.meta.get('format')} export, the onnx runtime needs one made "
                               "with: clip-zoo export MODEL OUT --to onnx")
-        self.config = CLIPConfig.from_dict(self.meta["config"])
+        self.family = self.meta.get("family", "clip")  # exports before SigLIP recorded none
+        self.config = config_from_dict(self.meta["config"])
         self.model = None
         self.processor = processor if processor is not None else _processor_for(self.path, self.config, threads)
         self.context_length = int(self.meta["context_length"])
 
     @functools.cached_property
     def tokenizer(self):
-        return _tokenizer_for(self.path)
+        return _tokenizer_for(self.path, self.family)
+
+    def _parameter(self, name: str) -> np.ndarray:
+        """``logit_scale`` / ``logit_bias`` as recorded in model.json (SigLIP exports)."""
+        if name not in self.meta:
+            raise CLIZooError(f"{self.path}/{MODEL_JSON} has no {name}, export the model again")
+        return np.asarray([self.meta[name]], np.float32)
 
     def _session(self, part: str):
         files = self.meta.get("files", {})
@@ -95,8 +102,13 @@ class OnnxEncoder(Encoder):
     def _image_features(self, pixel_values: np.ndarray) -> np.ndarray:
         return run_onnx(self._image, pixel_values=pixel_values)  # (N, D)
 
-    def _text_features(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-        """The graph takes any length: drop the columns padded in every row (exact under the causal mask)."""
+    def _text_features(self, input_ids: np.ndarray, attention_mask: Optional[np.ndarray]) -> np.ndarray:
+        """The graph takes any length: drop the columns padded in every row (exact under the causal mask).
+        SigLIP: the fixed context length, its graph's (no trimming: it pools the last position), a mask of
+        ones when the tokenizer gives none."""
+        if self.family == "siglip":
+            mask = np.ones_like(input_ids) if attention_mask is None else attention_mask
+            return run_onnx(self._text, input_ids=input_ids, attention_mask=mask)  # (N, D)
         used = np.flatnonzero(np.asarray(attention_mask).any(axis=0))
         n = int(used[-1]) + 1 if used.size else 1
         return run_onnx(self._text, input_ids=input_ids[:, :n], attention_mask=attention_mask[:, :n])  # (N, D)
