@@ -59,12 +59,18 @@ def reference_name(fmt: str, arch: str) -> str:
 def _results_file():
     """Merge this run's cells into the results JSON at module teardown (partial runs keep old cells)."""
     yield
-    old = json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.exists() else {}
     keys = {f"{f}/{a}/{b}/fp32" for f, a, b in CELLS} | {f"canonical/{a}/{b}/{d}" for d, a, b in LOW} | {
         f"canonical/{a}/{b}/fp32" for a, b in FULL}
-    cells = {k: v for k, v in {**old.get("cells", {}), **RESULTS}.items() if k in keys}
-    RESULTS_PATH.write_text(json.dumps({"environment": P.environment(BACKENDS), "cells": cells}, indent=1))
+    save_results(RESULTS, keys, "clip")
     shutil.rmtree(_workdir(), ignore_errors=True)
+
+
+def save_results(results: dict, keys: set, family: str) -> None:
+    """Merge ``results`` into the results JSON: keep other families' cells, drop this family's stale ones."""
+    old = json.loads(RESULTS_PATH.read_text()) if RESULTS_PATH.exists() else {}
+    cells = {k: v for k, v in {**old.get("cells", {}), **results}.items()
+             if k in keys or v.get("family", "clip") != family}
+    RESULTS_PATH.write_text(json.dumps({"environment": P.environment(BACKENDS), "cells": cells}, indent=1))
 
 
 @functools.lru_cache(maxsize=None)
@@ -259,22 +265,26 @@ def reference_outputs(fmt: str, arch: str) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------ the check
-def check_cell(key: str, backend: str, path: str, arch: str, fmt: str, dtype: str = "fp32") -> None:
-    """Load ``path`` in ``backend``, compare to the reference, record, assert every field in bounds."""
+def check_cell(key: str, backend: str, path: str, arch: str, fmt: str, dtype: str = "fp32", *,
+               inputs: Any = None, want: Any = None, reference: Any = None, results: Any = None,
+               family: str = "clip") -> None:
+    """Load ``path`` in ``backend``, compare to the reference, record, assert every field in bounds.
+
+    ``inputs`` / ``want`` / ``reference`` / ``results`` default to this module's (other matrix files pass theirs)."""
     model = P.load_model(backend, path, dtype)
     if backend == "flax":  # clip_flax jits per instance: share compiled functions between equal models
         model._jit_cache = FLAX_JIT.setdefault((model.config.to_json_string(), dtype), model._jit_cache)
-    got = P.run_backend(backend, model, inputs_for(arch))
-    want = reference_outputs(fmt, arch)
-    rows = P.compare({k: got[k] for k in want if k in got}, want, (backend, reference_name(fmt, arch)),
-                     P.BOUNDS[dtype])
+    got = P.run_backend(backend, model, inputs_for(arch) if inputs is None else inputs)
+    want = reference_outputs(fmt, arch) if want is None else want
+    reference = reference or reference_name(fmt, arch)
+    rows = P.compare({k: got[k] for k in want if k in got}, want, (backend, reference), P.BOUNDS[dtype])
     maxima: dict[str, float] = {}
     for r in rows:
         kind = P._bound_for(r.field, P.BOUNDS[dtype])[0]
         maxima[kind] = max(maxima.get(kind, 0.0), r.max_abs)
-    RESULTS[key] = {"format": fmt, "backend": backend, "arch": arch, "reference": reference_name(fmt, arch),
-                    "dtype": dtype, "fields": len(rows), "max_abs": maxima, "bounds": P.BOUNDS[dtype],
-                    "passed": all(r.passed for r in rows)}
+    (RESULTS if results is None else results)[key] = {
+        "family": family, "format": fmt, "backend": backend, "arch": arch, "reference": reference, "dtype": dtype,
+        "fields": len(rows), "max_abs": maxima, "bounds": P.BOUNDS[dtype], "passed": all(r.passed for r in rows)}
     assert len(rows) >= 4
     for r in rows:  # every field the reference produced, at its bound
         np.testing.assert_array_less(r.max_abs, r.bound + 1e-30, err_msg=f"{key}: {r.field} diverged")

@@ -135,3 +135,29 @@ def test_finetune_command_trains_a_siglip_checkpoint(capsys, siglip_dir, tmp_pat
         {p.name for p in out.iterdir()}
     rc, _, err = run_cli(capsys, "classify", EXAMPLES[0], "--labels", "a,b", "--model", out, "--framework", "torch")
     assert rc == 0, err
+
+
+def test_embed_search_and_eval_run_on_siglip(capsys, siglip_dir, reference, tmp_path):
+    """`embed` + `search` rank by SigLIP's embeddings (transformers' order and cosines); `eval zeroshot` scores
+    the same top-1 as transformers' logits."""
+    out = tmp_path / "emb.npy"
+    rc, _, err = run_cli(capsys, "embed", *EXAMPLES, "--out", out, "--model", siglip_dir, "--framework", "torch",
+                         "--no-progress")
+    assert rc == 0, err
+    np.testing.assert_allclose(np.load(out), reference["image"], atol=1e-5)
+    rc, text, err = run_cli(capsys, "search", out, LABELS[1], "--model", siglip_dir, "--framework", "torch",
+                            "--top-k", len(EXAMPLES), "--json")
+    assert rc == 0, err
+    cosines = reference["image"] @ reference["text"][1]
+    hits = json.loads(text)
+    assert [h["path"] for h in hits] == [EXAMPLES[i] for i in np.argsort(-cosines, kind="stable")]
+    np.testing.assert_allclose([h["score"] for h in hits], np.sort(cosines)[::-1], atol=1e-4)
+    data = tmp_path / "data"
+    for path, label in zip(EXAMPLES, np.argmax(reference["probs"], axis=1)):  # transformers' top-1 as the truth
+        folder = data / LABELS[label]  # the folders present hold the best label, so it stays top-1 among them
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / Path(path).name).write_bytes(Path(path).read_bytes())
+    rc, text, err = run_cli(capsys, "eval", "zeroshot", data, "--templates", "none", "--model", siglip_dir, "--frameworks", "torch", "--cache", tmp_path / "cache",
+                            "--json", "--no-progress")
+    assert rc == 0, err
+    assert json.loads(text)["metrics"]["acc1"] == pytest.approx(1.0)
