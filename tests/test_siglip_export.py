@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import run_cli
-from test_siglip_cli import EXAMPLES, LABELS, siglip_dir  # noqa: F401  (the shared module fixture)  # noqa: F401  (a shared module fixture)
+from test_siglip_cli import EXAMPLES, LABELS, siglip_dir  # noqa: F401  (the shared module fixture)
 
 pytest.importorskip("onnxruntime")
 
