@@ -25,6 +25,8 @@ from typing import Optional
 
 import numpy as np
 
+from conversion.folders import sync_dir, sync_tree
+
 from .errors import CLIZooError
 
 __all__ = ["train", "make_trainer", "save_checkpoint", "latest_checkpoint", "write_final", "validate",
@@ -58,26 +60,6 @@ def make_trainer(framework: str, model_path: Path, options, replicas: int = 1):
 
 
 # ----------------------------------------------------------------------------- files
-def _fsync_tree(root: Path) -> None:
-    for d, _, files in os.walk(root):
-        for f in files:
-            fd = os.open(os.path.join(d, f), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    _fsync_dir(root)
-
-
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def latest_checkpoint(out: Path) -> Optional[Path]:
     """The checkpoint ``OUT/checkpoints/latest`` names, if it exists."""
     pointer = out / "checkpoints" / "latest"
@@ -99,7 +81,7 @@ def save_checkpoint(trainer, out: Path, step: int) -> Path:
     try:
         os.chmod(tmp, dir_mode())
         trainer.save(str(tmp))
-        _fsync_tree(tmp)
+        sync_tree(tmp)
         final = folder / name
         if final.exists():
             shutil.rmtree(final)
@@ -107,7 +89,7 @@ def save_checkpoint(trainer, out: Path, step: int) -> Path:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync_dir(folder)
+    sync_dir(folder)
     atomic_write_bytes(folder / "latest", (name + "\n").encode("utf-8"))
     for old in folder.iterdir():
         if old.name != name and old.is_dir() and (old.name.startswith("step-") or old.name.endswith(".tmp")):
@@ -124,10 +106,10 @@ def write_final(model, out: Path, source: Path) -> None:
         for name in _SIDE_FILES:  # tokenizer and preprocessor files the backend did not write
             if src is not None and (src / name).is_file() and not (tmp / name).exists():
                 shutil.copyfile(src / name, tmp / name)
-        _fsync_tree(tmp)
+        sync_tree(tmp)
         for f in sorted(tmp.iterdir(), key=lambda p: p.name == "config.json"):  # config.json last
             os.replace(f, out / f.name)
-        _fsync_dir(out)
+        sync_dir(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -148,16 +148,22 @@ def _sync_dir(path: Path) -> None:
 
 
 def _sync_tree(path: Path) -> None:
-    """fsync the files of a folder built by other writers, then the folder (before it is published)."""
-    for entry in os.scandir(path):
-        if entry.is_file(follow_symlinks=False):
+    """fsync the files of a folder built by other writers (sub-folders included), then the folder (before
+    it is published)."""
+    for root, _, files in os.walk(path):
+        for name in files:
             with contextlib.suppress(OSError):
-                fd = os.open(entry.path, os.O_RDONLY)
+                fd = os.open(os.path.join(root, name), os.O_RDONLY)
                 try:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
+        if root != str(path):
+            _sync_dir(Path(root))
     _sync_dir(path)
+
+
+sync_tree, sync_dir = _sync_tree, _sync_dir  # for the application's own atomic folders (finetune checkpoints)
 
 
 def _exchange(a: Path, b: Path) -> bool:
