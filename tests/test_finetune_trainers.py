@@ -111,8 +111,10 @@ def runs(tmp_path_factory):
             if i == 10:
                 at10 = _weights(trainer)
             losses.append(trainer.step(batch))
+        final_dir = tmp_path_factory.mktemp(f"final_{fw}")
+        trainer.save(str(final_dir))
         out[fw] = {"losses": [m["loss"] for m in losses], "metrics": losses, "saved": saved, "at10": at10,
-                   "final": _weights(trainer)}
+                   "final": _weights(trainer), "final_dir": final_dir}
     if not out:
         pytest.skip("no framework installed")
     return out
@@ -190,6 +192,19 @@ def test_saved_directory_loads_everywhere_with_equal_embeddings(runs):
             got = _features(loader, directory, batch)
             for a, b in zip(got, ref):
                 np.testing.assert_allclose(a, b, atol=1e-5, rtol=0, err_msg=f"{fw} checkpoint in {loader}")
+
+
+def test_final_checkpoints_pass_parity_across_backends(runs):
+    """The final checkpoint of each framework's run loads in every installed backend with outputs within
+    the parity bounds (`clip-zoo parity`'s battery and comparison)."""
+    from clip_zoo.parity import parity
+
+    if len(runs) < 2:
+        pytest.skip("needs two frameworks")
+    for fw, run in runs.items():
+        report = parity(str(run["final_dir"]), list(runs))
+        assert report["passed"], (fw, [c for c in report["comparisons"] if not c["passed"]][:3])
+        assert len(report["comparisons"]) > 20
 
 
 # ----------------------------------------------------------------------------- freezing and decay
