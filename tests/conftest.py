@@ -80,7 +80,8 @@ _SLOW = {"test_mirrored_strategy_on_logical_cpus", "test_fit_reduces_loss", "tes
          "test_zeroshot_on_2000_images_same_top1_in_every_framework_and_equal_to_classify",
          "test_linear_probe_same_accuracy_in_every_framework"}
 _SLOW |= {"test_export_bundled_model_cell_reloads_within_the_fp32_bound"}  # export of the bundled model
-_SLOW |= {"test_two_replicas_match_one_device"}  # finetune trainers: 3 fresh interpreters, 20-60 s each
+_SLOW |= {"test_two_replicas_match_one_device",  # finetune trainers: 3 fresh interpreters, 20-60 s each
+          "test_two_replicas_match_one_device_siglip"}
 _SLOW |= {"test_finetune_teaches_new_colours_and_keeps_the_old",  # clip-zoo finetune: 150 steps of the bundled model
           "test_killed_finetune_resumes_bit_identical", "test_two_replicas_follow_the_one_device_curve",
           "test_same_data_gives_the_same_losses_in_every_framework"}  # fresh interpreters / TF and XLA compiles

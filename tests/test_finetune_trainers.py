@@ -19,7 +19,7 @@ from clip_core.finetune_plan import (LOGIT_SCALE_MAX, FinetuneOptions, decays, l
                                      trainable, trainable_names, write_trainer_state)
 from clip_core.testing import tiny_resnet_config, tiny_vit_config
 from tests.conftest import BACKEND_MODULES, backend_module
-from tests.finetune_helpers import LENGTH, STEPS, make_batches, new_model, tiny_run, trainer_class
+from tests.finetune_helpers import LENGTH, STEPS, _losses, make_batches, new_model, tiny_run, trainer_class
 
 FRAMEWORKS = sorted(BACKEND_MODULES)
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,3 +283,16 @@ def test_two_replicas_match_one_device(runs, fw):
     import json
 
     np.testing.assert_allclose(json.loads(line[7:]), runs[fw]["losses"][:4], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("fw", FRAMEWORKS)
+def test_two_replicas_match_one_device_siglip(fw):
+    """SigLIP's sigmoid loss over features gathered from 2 replicas equals one device's on the global batch."""
+    backend_module(fw)
+    proc = subprocess.run([sys.executable, "-m", "tests.finetune_helpers", fw, "2", "3", "siglip"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    line = [x for x in proc.stdout.splitlines() if x.startswith("LOSSES ")][-1]
+    np.testing.assert_allclose(json.loads(line[7:]), _losses(fw, 1, 3, "siglip"), atol=1e-5, rtol=0)
