@@ -80,7 +80,8 @@ def save_checkpoint(trainer, out: Path, step: int) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=folder))
     try:
         os.chmod(tmp, dir_mode())
-        trainer.save(str(tmp))
+        with _no_tokenizer_warning():
+            trainer.save(str(tmp))
         sync_tree(tmp)
         final = folder / name
         if final.exists():
@@ -97,11 +98,22 @@ def save_checkpoint(trainer, out: Path, step: int) -> Path:
     return final
 
 
+@contextlib.contextmanager
+def _no_tokenizer_warning():
+    """A SigLIP model saved alone warns that it wrote no tokenizer files; the run copies the source's itself."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="no SigLIP tokenizer files written")
+        yield
+
+
 def write_final(model, out: Path, source: Path) -> None:
     """The fine-tuned model into ``out`` (canonical files, each renamed into place from a temp dir)."""
     tmp = Path(tempfile.mkdtemp(prefix=".final.", suffix=".tmp", dir=out))
     try:
-        model.save_pretrained(tmp)
+        with _no_tokenizer_warning():  # the side files are copied just below
+            model.save_pretrained(tmp)
         src = source if source.is_dir() else None
         for name in _SIDE_FILES:  # tokenizer and preprocessor files the backend did not write
             if src is not None and (src / name).is_file() and not (tmp / name).exists():
