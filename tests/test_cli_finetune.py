@@ -19,11 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from clip_core import shapes
 from clip_zoo import finetune_data as fd
 from clip_zoo import finetune_run as fr
+from clip_zoo import synth_suite
 
 from cli_helpers import run_cli, tiny_pipeline_model
 
@@ -43,14 +44,7 @@ def render_new(colour: str, shape: str, rng: np.random.Generator, size: int = 64
     angle = math.radians(rng.uniform(-shapes.ROTATION_DEGREES, shapes.ROTATION_DEGREES))
     sigma = rng.uniform(0, 12)
     bg = shapes._background(rng, fg, size)
-    s = 4
-    mask = Image.new("L", (size * s, size * s), 0)
-    draw = ImageDraw.Draw(mask)
-    if shape == "circle":
-        draw.ellipse([(cx - r) * s, (cy - r) * s, (cx + r) * s, (cy + r) * s], fill=255)
-    else:
-        draw.polygon([(x * s, y * s) for x, y in shapes._polygon(shape, cx, cy, r, angle)], fill=255)
-    alpha = np.asarray(mask.resize((size, size), Image.BOX), np.float64)[..., None] / 255.0  # (H, W, 1)
+    alpha = synth_suite._alpha(shape, cx, cy, r, angle, size)  # (H, W, 1), drawn as the suite draws it
     img = bg * (1 - alpha) + fg * alpha + rng.normal(0, sigma, (size, size, 3))
     return Image.fromarray(np.clip(np.rint(img), 0, 255).astype(np.uint8), "RGB")
 
@@ -173,8 +167,6 @@ def test_augmentation_is_a_random_resized_crop_seeded_per_sample(maker):
 
 
 def test_readers_tables_and_webdataset(tmp_path):
-    from clip_zoo import synth_suite
-
     rows = synth_suite.write_pairs(tmp_path, 12, seed=0, size=32)
     jsonl = fd.load_training_pairs(str(tmp_path / "pairs.jsonl"), (TEMPLATE,), tmp_path / "cache")
     assert len(jsonl) == 12 and jsonl.captions[0] == rows[0]["captions"] and jsonl.classes is None
