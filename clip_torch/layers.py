@@ -163,6 +163,7 @@ class CLIPAttention(nn.Module):
         self.v_proj = Linear(hidden_size, hidden_size)
         self.q_proj = Linear(hidden_size, hidden_size)
         self.out_proj = Linear(hidden_size, hidden_size)
+        self.qkv_proj: Optional[nn.Module] = None  # one module computing q|k|v (B, T, 3C), set by the int8 path
         self._fused: Optional[tuple] = None  # (key, weight, bias)
 
     def _fused_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -186,6 +187,9 @@ class CLIPAttention(nn.Module):
     def _qkv(self, x: torch.Tensor, first_query_only: bool = False
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """q (B, H, Tq, hd), k, v (B, H, T, hd); ``first_query_only`` projects q for token 0 only."""
+        if self.qkv_proj is not None:  # q for every token, then token 0's kept
+            q, k, v = self._heads(self.qkv_proj(x), 3)
+            return (q[:, :, :1] if first_query_only else q), k, v
         if self._fast(x):
             w, b = self._fused_weights()
             if not first_query_only:

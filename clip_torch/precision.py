@@ -3,10 +3,11 @@
 - ``bf16``: every weight in bfloat16 (oneDNN's AVX512-BF16 / AMX kernels on CPUs that have them) except
   LayerNorm (which computes in float32 anyway) and the final projection, which runs in float32 on a
   float32 copy of its input; normalization and logits follow in float32.
-- ``int8``: the transformer layers' linears (attention q/k/v/out, MLP fc1/fc2) become
-  :class:`Int8Linear`: weights quantized symmetrically per output channel, activations per call by
-  fbgemm's dynamic quantized linear. Embeddings, convolutions (ResNet), LayerNorm, softmax and the
-  projections stay float32.
+- ``int8``: the transformer layers' linears become :class:`Int8Linear` (q/k/v as one, out, and the MLP
+  as :class:`Int8MLP`): weights quantized symmetrically per output channel, activations per call and
+  per tensor. oneDNN's int8 linear (AMX / AVX512-VNNI) runs them where torch has it, with the
+  dequantization, bias and MLP activation in the same kernel; fbgemm's dynamic quantized linear is
+  the fallback. Embeddings, convolutions (ResNet), LayerNorm, softmax and the projections stay float32.
 """
 from __future__ import annotations
 
@@ -19,37 +20,148 @@ from torch import nn
 
 from clip_core.precision import PRECISIONS, PrecisionError, check_embeddings, check_precision, probe_inputs
 
-from .layers import CLIPAttention, LayerNorm, Linear
+from .layers import CLIPMLP, CLIPAttention, LayerNorm
 
-__all__ = ["PRECISIONS", "apply_precision", "Int8Linear"]
+__all__ = ["PRECISIONS", "apply_precision", "Int8Linear", "Int8MLP"]
 
 _FLOAT32_MODULES = ("text_projection", "visual_projection", "classifier")
 
 
-class Int8Linear(nn.Module):
-    """A :class:`~clip_torch.layers.Linear` with int8 weights (per output channel) and dynamically
-    quantized int8 activations; float32 in, float32 out. Inference only."""
+def _onednn_available() -> bool:
+    """This torch has oneDNN's int8 linear (AMX / AVX512-VNNI kernels on CPUs that have them)."""
+    try:
+        ops = torch.ops.onednn
+        return (torch.backends.mkldnn.is_available() and hasattr(ops, "qlinear_pointwise")
+                and hasattr(ops, "qlinear_prepack"))
+    except (AttributeError, RuntimeError):
+        return False
 
-    def __init__(self, linear: nn.Linear) -> None:
+
+def _fbgemm_available() -> bool:
+    """This torch has fbgemm's dynamic quantized linear."""
+    try:
+        return ("fbgemm" in torch.backends.quantized.supported_engines
+                and hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(torch, "quantize_per_channel"))
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _int8_kernel() -> Optional[str]:
+    """``"onednn"`` (preferred: fused dequantization and activation), ``"fbgemm"``, or None."""
+    return "onednn" if _onednn_available() else "fbgemm" if _fbgemm_available() else None
+
+
+def _no_kernel() -> PrecisionError:
+    return PrecisionError(f"precision='int8' needs torch's oneDNN or fbgemm quantized kernels, which torch "
+                          f"{torch.__version__} on this machine lacks; use precision='bf16' or an int8 ONNX "
+                          "export (clip-zoo export --int8)")
+
+
+#: oneDNN post-ops for the activations it computes inside the linear: (name, algorithm, input scale).
+#: quick_gelu(h) = h·σ(1.702 h) = swish(1.702 h) / 1.702: fc1 computes 1.702 h, fc2 takes the 1/1.702.
+_FUSED_ACTIVATIONS = {"quick_gelu": ("swish", "", 1.702), "gelu": ("gelu", "none", 1.0),
+                      "gelu_pytorch_tanh": ("gelu", "tanh", 1.0), "gelu_new": ("gelu", "tanh", 1.0),
+                      "relu": ("relu", "", 1.0)}
+
+
+def _quantize_u8(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """``x`` (N, I) float32 -> (uint8 (N, I), scale, zero point): per-tensor asymmetric, range including 0."""
+    lo, hi = torch.aminmax(x)
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    scale = max((hi - lo) / 255.0, 1e-12)
+    zero = min(255, max(0, round(-lo / scale)))
+    if _QUANTIZE_FUSED:  # one fused pass; quantized tensors are deprecated in torch >= 2.14
+        return torch.quantize_per_tensor(x, scale, zero, torch.quint8).int_repr(), scale, zero
+    return torch.add(torch.full((), zero + 0.5), x, alpha=1.0 / scale).clamp_(0, 255).to(torch.uint8), scale, zero
+
+
+def _check_fused_quantize() -> bool:
+    """``torch.quantize_per_tensor`` exists and agrees with the plain-op fallback; warns (once) while muted."""
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            x = torch.linspace(-1.0, 3.0, 64).view(4, 16)
+            q = torch.quantize_per_tensor(x, 4 / 255, 64, torch.quint8).int_repr()
+        return int((q.int() - torch.add(64.5, x, alpha=255 / 4).clamp(0, 255).to(torch.uint8).int()).abs().max()) <= 1
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_QUANTIZE_FUSED = _check_fused_quantize()
+
+
+class Int8Linear(nn.Module):
+    """One or more :class:`~clip_torch.layers.Linear` (their outputs concatenated, e.g. fused q/k/v) with
+    int8 weights (symmetric, per output channel) and int8 activations quantized per call; float32 in,
+    float32 out. Inference only.
+
+    With oneDNN (``kernel="onednn"``, the default where torch has it) activations are quantized per
+    tensor to uint8 and the kernel dequantizes, adds the bias and can apply ``activation`` (a key of
+    ``_FUSED_ACTIVATIONS``) in the same pass; ``input_scale`` multiplies the input (folded into the
+    weights). fbgemm's dynamic quantized linear is the fallback (no fused activation).
+    """
+
+    def __init__(self, linear, activation: Optional[str] = None, input_scale: float = 1.0,
+                 output_scale: float = 1.0, kernel: Optional[str] = None) -> None:
         super().__init__()
-        w = linear.weight.detach().float()  # (O, I)
-        scale = (w.abs().amax(dim=1).clamp_min(1e-12) / 127.0).double()  # (O,)
+        linears = list(linear) if isinstance(linear, (list, tuple)) else [linear]
+        w = torch.cat([m.weight.detach().float() for m in linears]) * (input_scale * output_scale)  # (O, I)
+        biases = [m.bias for m in linears]
+        bias = None if any(b is None for b in biases) else torch.cat([b.detach().float() for b in biases]) * output_scale
+        self.kernel = kernel or _int8_kernel()
+        if self.kernel is None:
+            raise _no_kernel()
+        if activation is not None and self.kernel != "onednn":
+            raise ValueError(f"a fused {activation} needs the onednn kernel, not {self.kernel}")
+        self.activation = activation
+        self.in_features, self.out_features = w.shape[1], w.shape[0]
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # (O,)
+        if self.kernel == "onednn":
+            self._post = _FUSED_ACTIVATIONS[activation][:2] if activation else ("none", "")
+            q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (O, I)
+            self._packed = torch.ops.onednn.qlinear_prepack(q, None)
+            self._scale, self._zero, self._bias = scale.float(), torch.zeros_like(scale, dtype=torch.long), bias
+            return
         zero = torch.zeros_like(scale, dtype=torch.long)
-        bias = None if linear.bias is None else linear.bias.detach().float()
+        torch.backends.quantized.engine = "fbgemm"
         with warnings.catch_warnings():  # torch >= 2.14 marks quantized tensors deprecated (torchao replaces them)
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-            q = torch.quantize_per_channel(w, scale, zero, 0, torch.qint8)
+            q = torch.quantize_per_channel(w, scale.double(), zero, 0, torch.qint8)
             self._packed = torch.ops.quantized.linear_prepack(q, bias)
-        self.in_features, self.out_features = linear.in_features, linear.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        y = torch.ops.quantized.linear_dynamic(x.reshape(-1, self.in_features).float().contiguous(),
-                                               self._packed, True)  # (N, O)
+        x = x.detach().reshape(-1, self.in_features).float().contiguous()  # (N, I)
+        if self.kernel == "onednn":
+            xq, scale, zero = _quantize_u8(x)
+            y = torch.ops.onednn.qlinear_pointwise(xq, scale, zero, self._packed, self._scale, self._zero, self._bias,
+                                                   1.0, 0, torch.float32, self._post[0], [], self._post[1])
+        else:
+            y = torch.ops.quantized.linear_dynamic(x, self._packed, True)  # (N, O)
         return y.view(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, int8"
+        act = f", activation={self.activation}" if self.activation else ""
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 ({self.kernel}){act}"
+
+
+class Int8MLP(nn.Module):
+    """A :class:`~clip_torch.layers.CLIPMLP` with int8 fc1 and fc2. With oneDNN the activation runs inside
+    fc1's kernel where oneDNN has it (quick_gelu as swish of 1.702·h, the 1/1.702 folded into fc2)."""
+
+    def __init__(self, mlp: CLIPMLP, kernel: Optional[str] = None) -> None:
+        super().__init__()
+        kernel = kernel or _int8_kernel()
+        fused = _FUSED_ACTIVATIONS.get(mlp.act_name) if kernel == "onednn" else None
+        self.act_name = mlp.act_name
+        self.act = None if fused else mlp.act
+        k = fused[2] if fused else 1.0
+        self.fc1 = Int8Linear(mlp.fc1, mlp.act_name if fused else None, output_scale=k, kernel=kernel)
+        self.fc2 = Int8Linear(mlp.fc2, input_scale=1.0 / k, kernel=kernel)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.fc1(x)  # (B, T, I), activated when fused
+        return self.fc2(h if self.act is None else self.act(h))
 
 
 def _float32_input(module: nn.Module, args: tuple) -> tuple:
@@ -65,28 +177,21 @@ def _to_bf16(model: nn.Module) -> None:
             module.register_forward_pre_hook(_float32_input)
 
 
-def _int8_available() -> bool:
-    """This torch has the quantized CPU kernels (fbgemm) the int8 path calls."""
-    try:
-        return ("fbgemm" in torch.backends.quantized.supported_engines
-                and hasattr(torch.ops.quantized, "linear_dynamic") and hasattr(torch, "quantize_per_channel"))
-    except (AttributeError, RuntimeError):
-        return False
-
-
 def _to_int8(model: nn.Module) -> None:
-    if not _int8_available():
-        raise PrecisionError(f"precision='int8' needs torch's fbgemm quantized kernels, which torch {torch.__version__} "
-                             "on this machine lacks; use precision='bf16' or an int8 ONNX export (clip-zoo export --int8)")
-    torch.backends.quantized.engine = "fbgemm"
+    kernel = _int8_kernel()
+    if kernel is None:
+        raise _no_kernel()
     for name, module in list(model.named_modules()):
         if ".encoder." not in f".{name}.":
             continue
-        if isinstance(module, CLIPAttention):
-            module.fuse_qkv = False  # q/k/v through their own (int8) modules
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, Linear):
-                setattr(module, child_name, Int8Linear(child))
+        if isinstance(module, CLIPAttention):  # q|k|v as one int8 linear: the input is quantized once
+            module.qkv_proj = Int8Linear([module.q_proj, module.k_proj, module.v_proj], kernel=kernel)
+            module.fuse_qkv, module._fused = False, None
+            del module.q_proj, module.k_proj, module.v_proj
+            module.out_proj = Int8Linear(module.out_proj, kernel=kernel)
+        elif isinstance(module, CLIPMLP):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, Int8MLP(module, kernel))
 
 
 def _probe(model: nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

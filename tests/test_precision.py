@@ -92,3 +92,91 @@ def test_zero_shot_agrees_with_fp32_on_1000_images(framework, precision):
         preds[name] = np.argmax(image @ text.T, axis=1)
     agree = float(np.mean(preds["fp32"] == preds[precision]))
     assert agree >= 0.99, f"{precision}: zero-shot top-1 agrees with fp32 on {agree:.1%} of 1,000 images"
+
+
+# ---------------------------------------------------------------- torch's int8 kernels
+def _int8_kernels():
+    from clip_torch import precision as TP
+
+    return [k for k, ok in (("onednn", TP._onednn_available()), ("fbgemm", TP._fbgemm_available())) if ok]
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu", "gelu_pytorch_tanh", "relu"])
+@pytest.mark.parametrize("kernel", ["onednn", "fbgemm"])
+def test_int8_mlp_matches_the_float_mlp(act, kernel):
+    """Int8MLP (the activation fused into fc1's oneDNN kernel, quick_gelu's 1.702 folded into fc2) computes the
+    float MLP up to int8 rounding: relative error <= 4%, and not exactly (the weights really are int8)."""
+    torch = pytest.importorskip("torch")
+    from clip_torch.layers import CLIPMLP
+    from clip_torch.precision import Int8MLP
+
+    if kernel not in _int8_kernels():
+        pytest.skip(f"this torch has no {kernel} int8 kernel")
+    torch.manual_seed(0)
+    mlp = CLIPMLP(64, 256, act)
+    for p in mlp.parameters():
+        p.data.normal_(0.0, 0.1)
+    x = torch.randn(2, 50, 64)
+    with torch.inference_mode():
+        ref, out = mlp(x), Int8MLP(mlp, kernel)(x)
+    err = float((out - ref).norm() / ref.norm())
+    assert 1e-4 < err <= 0.04, f"{act} through {kernel}: relative error {err}"
+
+
+@pytest.mark.parametrize("kernel", ["onednn", "fbgemm"])
+def test_each_int8_kernel_keeps_the_bound(checkpoints, kernel, monkeypatch):
+    """The whole tiny model in int8 through either kernel (oneDNN where torch has it, fbgemm the fallback)."""
+    pytest.importorskip("torch")
+    import clip_torch
+    from clip_torch import precision as TP
+
+    if kernel not in _int8_kernels():
+        pytest.skip(f"this torch has no {kernel} int8 kernel")
+    monkeypatch.setattr(TP, "_int8_kernel", lambda: kernel)
+    ref = clip_torch.CLIPModel.from_pretrained(checkpoints["tiny-vit"])
+    low = clip_torch.CLIPModel.from_pretrained(checkpoints["tiny-vit"], precision="int8")
+    assert {m.kernel for m in low.modules() if isinstance(m, TP.Int8Linear)} == {kernel}
+    for a, b in zip(_features(clip_torch, ref, ref.config), _features(clip_torch, low, ref.config)):
+        assert P.MIN_COSINE["int8"] <= P.min_cosine(a, b) < 1.0 - 1e-9
+
+
+def test_activation_quantization_fallback_matches_the_fused_one(monkeypatch):
+    """Without ``torch.quantize_per_tensor`` (deprecated) the plain-op quantization gives the same codes (±1 at ties)."""
+    torch = pytest.importorskip("torch")
+    from clip_torch import precision as TP
+
+    if not TP._check_fused_quantize():
+        pytest.skip("this torch has no torch.quantize_per_tensor")
+    x = torch.randn(64, 96) * 3 + 0.5
+    monkeypatch.setattr(TP, "_QUANTIZE_FUSED", True)
+    fused = TP._quantize_u8(x)
+    monkeypatch.setattr(TP, "_QUANTIZE_FUSED", False)
+    plain = TP._quantize_u8(x)
+    assert fused[1:] == plain[1:]
+    assert int((fused[0].int() - plain[0].int()).abs().max()) <= 1
+    restored = (plain[0].float() - plain[2]) * plain[1]
+    np.testing.assert_allclose(restored.numpy(), x.numpy(), atol=plain[1] * 0.51 + 1e-6)
+
+
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_siglip_precisions_keep_the_bound(backend, tmp_path_factory, precision):
+    """SigLIP goes through the same conversion (its gelu-tanh MLP fused into oneDNN's int8 kernel in torch)."""
+    from clip_core.testing import tiny_siglip_config
+
+    fw = framework_name(backend)
+    cfg = tiny_siglip_config()
+    path = tmp_path_factory.mktemp("siglip_precision") / "ckpt"
+    conversion.save_canonical(path, cfg, random_weights(cfg, seed=3))
+    if precision not in OFFERED[fw]:
+        with pytest.raises(P.PrecisionError, match=f"not offered by clip_{fw}"):
+            backend.SiglipModel.from_pretrained(path, precision=precision)
+        return
+    inputs = P.probe_inputs(cfg, batch=6, seed=99)  # held out: not the load-time probe batch
+    feats = []
+    for kwargs in ({}, {"precision": precision}):
+        model = backend.SiglipModel.from_pretrained(path, **kwargs)
+        x = as_tensors(backend, model, input_ids=inputs["input_ids"].astype(np.int32), pixel_values=inputs["pixel_values"])
+        feats.append((to_numpy(model.get_text_features(input_ids=x["input_ids"])),
+                      to_numpy(model.get_image_features(pixel_values=x["pixel_values"]))))
+    for a, b in zip(*feats):
+        assert P.MIN_COSINE[precision] <= P.min_cosine(a, b) < 1.0 - 1e-9
