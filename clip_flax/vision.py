@@ -35,7 +35,8 @@ class PatchEmbedding(nn.Module):
             pixel_values = pixel_values[:, :, :gh * p, :gw * p]
         x = pixel_values.astype(self.dtype).reshape(b, c, gh, p, gw, p)
         x = x.transpose(0, 2, 4, 3, 5, 1).reshape(b, gh * gw, p * p * c)  # (B, N, P*P*C)
-        x = x @ kernel.astype(self.dtype).reshape(p * p * c, d)  # (B, N, D)
+        x = jnp.matmul(x, kernel.astype(self.dtype).reshape(p * p * c, d),
+                       preferred_element_type=jnp.float32).astype(self.dtype)  # (B, N, D)
         if self.use_bias:
             x = x + self.param("bias", nn.initializers.zeros, (d,), self.param_dtype).astype(self.dtype)
         return x
