@@ -210,3 +210,29 @@ def test_flax_engine_keeps_text_trimming(monkeypatch):
     assert seen and seen[0] < ids.shape[1], f"text not trimmed (lengths run: {seen})"
     full = np.asarray(encoder.model.get_text_features(ids, mask, trim=False))
     np.testing.assert_allclose(trimmed, full, atol=1e-5)
+
+
+def _probabilities(out: str) -> dict:
+    return {row["file"] if "file" in row else row.get("input", str(i)): [p["probability"] for p in row["predictions"]]
+            for i, row in enumerate(json.loads(out))}
+
+
+@pytest.mark.parametrize("framework, precision", [("torch", "int8"), ("torch", "bf16"), ("flax", "bf16"), ("tf", "bf16")])
+def test_classify_precision_stays_near_fp32(capsys, tiny_model, image_dir, framework, precision):
+    """``--precision``: the same rows, probabilities within 0.02 of fp32's, and not identical to them."""
+    argv = ["classify", *sorted(image_dir.glob("[0-9]_*.png")), "--labels", "red circle,blue square,green star",
+            "--model", tiny_model, "--framework", framework, "--json"]
+    rc, out, _ = run_cli(capsys, *argv)
+    assert rc == 0
+    rc, low_out, err = run_cli(capsys, *argv, "--precision", precision)
+    assert rc == 0, err
+    fp32, low = _probabilities(out), _probabilities(low_out)
+    assert fp32.keys() == low.keys() and len(fp32) == 6
+    diff = max(abs(a - b) for k in fp32 for a, b in zip(fp32[k], low[k]))
+    assert 0 < diff <= 0.02, f"{framework} {precision}: largest probability change {diff}"
+
+
+def test_int8_outside_torch_is_one_line_error(capsys, tiny_model, image_dir):
+    rc, _, err = run_cli(capsys, "classify", image_dir, "--labels", "a,b", "--model", tiny_model,
+                         "--framework", "tf", "--precision", "int8")
+    assert rc == 2 and err.count("\n") == 1 and "precision 'int8' is not offered by clip_tf" in err
