@@ -70,20 +70,30 @@ def _quantize_u8(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
     lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
     scale = max((hi - lo) / 255.0, 1e-12)
     zero = min(255, max(0, round(-lo / scale)))
-    if _QUANTIZE_FUSED:  # one fused pass; quantized tensors are deprecated in torch >= 2.14
-        return torch.quantize_per_tensor(x, scale, zero, torch.quint8).int_repr(), scale, zero
-    return torch.add(torch.full((), zero + 0.5), x, alpha=1.0 / scale).clamp_(0, 255).to(torch.uint8), scale, zero
+    quantize = _fused_u8 if _QUANTIZE_FUSED else _plain_u8
+    return quantize(x, scale, zero), scale, zero
+
+
+def _fused_u8(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
+    """One fused pass (``torch.quantize_per_tensor``, deprecated in torch >= 2.14); its bytes read as uint8, not copied."""
+    q = torch.quantize_per_tensor(x, scale, zero, torch.quint8)
+    return torch.empty(0, dtype=torch.uint8).set_(q.untyped_storage(), 0, q.shape, q.stride())
+
+
+def _plain_u8(x: torch.Tensor, scale: float, zero: int) -> torch.Tensor:
+    """The same codes from plain ops (round half up: +0.5, then truncation of the clamped value)."""
+    return torch.add(torch.full((), zero + 0.5), x, alpha=1.0 / scale).clamp_(0, 255).to(torch.uint8)
 
 
 def _check_fused_quantize() -> bool:
-    """``torch.quantize_per_tensor`` exists and agrees with the plain-op fallback; warns (once) while muted."""
+    """The fused quantization exists and agrees with the plain ops (±1 at ties); warns (once) while muted."""
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
             x = torch.linspace(-1.0, 3.0, 64).view(4, 16)
-            q = torch.quantize_per_tensor(x, 4 / 255, 64, torch.quint8).int_repr()
-        return int((q.int() - torch.add(64.5, x, alpha=255 / 4).clamp(0, 255).to(torch.uint8).int()).abs().max()) <= 1
-    except (AttributeError, RuntimeError):
+            fused = _fused_u8(x, 4 / 255, 64)
+        return int((fused.int() - _plain_u8(x, 4 / 255, 64).int()).abs().max()) <= 1
+    except (AttributeError, RuntimeError, TypeError):
         return False
 
 
