@@ -1,4 +1,4 @@
-"""Inference precisions, one run: our fp32 / bf16 / int8 paths against transformers and ONNX Runtime.
+"""Inference precisions, one run: our fp32 / bf16 / int8 paths against transformers, ONNX Runtime and OpenVINO.
 
 ``python -m benchmarks.bench_precision [--quick]``: ViT-B/32 image encoding at batch 16 and text encoding
 of 64 short prompts (77-padded), on the same random weights, in
@@ -6,11 +6,15 @@ of 64 short prompts (77-padded), on the same random weights, in
 - clip_torch fp32, bf16 and int8; clip_flax and clip_tf fp32 and bf16 (``from_pretrained(precision=)``);
 - transformers 4.57 ``CLIPModel`` in fp32 and with ``torch_dtype=bfloat16``;
 - ONNX Runtime on graphs written by ``clip-zoo export --to onnx`` (torch), fp32 and ``--int8``;
+- OpenVINO (where it installs: the ``bench`` extra) on the fp32 graph, with its inference precision
+  hint ``f32`` and ``bf16`` (ONNX Runtime has no bfloat16 CPU path, so OpenVINO is the bf16 reference);
 
-all interleaved, with the same-run rates of a 2048³ matmul in fp32, bf16 (torch) and int8 (torch's
-dynamic quantized linear) as the ceilings. Every contender's features are checked against our fp32
-ones first (least cosine similarity, recorded). ``--quick`` uses the bundled model (image b16, text
-b8, one round) to prove the command works; writes ``results/precision[_quick].json``.
+all interleaved, with the same-run rates of a 2048³ matmul per framework and precision (torch fp32,
+bf16 and int8 through :class:`clip_torch.precision.Int8Linear`; JAX and TF fp32 and bf16) as the
+ceilings: each model's GFLOP/s (FLOPs counted once on the meta device) is also given as a share of
+its framework's rate at its precision. Every contender's features are checked against our fp32 ones
+first (least cosine similarity, recorded). ``--quick`` uses the bundled model (image b16, text b8,
+one round) to prove the command works; writes ``results/precision[_quick].json``.
 """
 from __future__ import annotations
 
@@ -97,23 +101,95 @@ def _onnx_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) ->
     return out
 
 
-def _matmul_rates(repeats: int) -> dict[str, float]:
-    """Same-run GFLOP/s (GOP/s for int8) of a 2048³ product in fp32, bf16 and int8 (dynamic quantized linear)."""
+def _openvino_contenders(root: Path, px: np.ndarray, ids: np.ndarray) -> dict:
+    """OpenVINO on the fp32 ONNX graphs (written by :func:`_onnx_contenders`), precision hint f32 and bf16;
+    text columns padded in every row trimmed as the ONNX engine does. Empty when OpenVINO is missing."""
+    try:
+        import openvino
+    except ImportError:
+        return {}
+    core = openvino.Core()
+    mask = (ids != 0).astype(np.int64)
+    mask[:, 0] = 1
+    n = int(np.flatnonzero(mask.any(axis=0))[-1]) + 1
+    feeds = {"image": {"pixel_values": px}, "text": {"input_ids": ids[:, :n].astype(np.int64), "attention_mask": mask[:, :n]}}
+    out = {}
+    for hint in ("f32", "bf16"):
+        calls = []
+        for tower in ("image", "text"):
+            compiled = core.compile_model(str(root / "onnxruntime_fp32" / f"{tower}.onnx"), "CPU",
+                                          {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"})
+            request, feed = compiled.create_infer_request(), feeds[tower]
+            calls.append(lambda r=request, f=feed: np.asarray(next(iter(r.infer(f).values())), np.float32))
+        out[f"openvino_{'fp32' if hint == 'f32' else hint}"] = tuple(calls)
+    return out
+
+
+def _flops(path: Path, px: np.ndarray, ids: np.ndarray) -> dict[str, float]:
+    """FLOPs of the image batch and the text batch through clip_torch (eager attention, so its matmuls
+    count; the text tower computes only the columns some prompt uses, so the count runs on real inputs,
+    with autograd on: its inference fast paths call oneDNN ops the counter does not see)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    import clip_torch
+
+    model = clip_torch.CLIPModel.from_pretrained(path, attn_implementation="eager")
+    out = {}
+    for case, call in (("image", lambda: model.get_image_features(torch.from_numpy(px))),
+                       ("text", lambda: model.get_text_features(torch.from_numpy(ids.astype(np.int64))))):
+        with FlopCounterMode(display=False) as counter:
+            call()
+        out[case] = float(counter.get_total_flops())
+    return out
+
+
+def _framework_matmuls() -> dict[str, Callable]:
+    """2048³ products per framework and precision (bf16 accumulating in float32 where the framework lets us say
+    so), keyed like the contenders (``torch_int8``, ``flax_bf16`` ...)."""
     import torch
 
-    n = MATMUL_N
-    a = torch.randn(n, n)
-    b = torch.randn(n, n)
-    linear = torch.nn.Linear(n, n, bias=False)
-    linear.weight.data.copy_(b)
     from clip_torch.precision import Int8Linear
 
+    n = MATMUL_N
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    linear = torch.nn.Linear(n, n, bias=False)
+    linear.weight.data.copy_(b)
     q = Int8Linear(linear)
     a16, b16 = a.bfloat16(), b.bfloat16()
-    fns = {"fp32": lambda: torch.mm(a, b), "bf16": lambda: torch.mm(a16, b16), "int8": lambda: q(a)}
+    fns = {"torch_fp32": lambda: torch.mm(a, b), "torch_bf16": lambda: torch.mm(a16, b16), "torch_int8": lambda: q(a)}
+    try:
+        import jax
+        import jax.numpy as jnp
+
+        x32 = jnp.asarray(a.numpy())
+        x16 = x32.astype(jnp.bfloat16)
+        f32 = jax.jit(lambda u, v: u @ v)
+        f16 = jax.jit(lambda u, v: jnp.matmul(u, v, preferred_element_type=jnp.float32))
+        fns["flax_fp32"] = lambda: f32(x32, x32).block_until_ready()
+        fns["flax_bf16"] = lambda: f16(x16, x16).block_until_ready()
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+
+        t32 = tf.constant(a.numpy())
+        t16 = tf.cast(t32, tf.bfloat16)
+        mm = tf.function(tf.matmul)
+        fns["tf_fp32"] = lambda: mm(t32, t32).numpy()
+        fns["tf_bf16"] = lambda: mm(t16, t16).numpy()
+    except ImportError:
+        pass
+    return fns
+
+
+def _matmul_rates(repeats: int) -> dict[str, float]:
+    """Same-run GFLOP/s (GOP/s for int8) of a 2048³ product per framework and precision."""
+    import torch
+
     with torch.inference_mode():
-        t = interleaved(fns, repeats=max(repeats, 1), warmup=1)
-    return {k: 2 * n ** 3 / v["median"] / 1e9 for k, v in t.items()}
+        t = interleaved(_framework_matmuls(), repeats=max(repeats, 1), warmup=1)
+    return {k: 2 * MATMUL_N ** 3 / v["median"] / 1e9 for k, v in t.items()}
 
 
 def _case(contenders: dict[str, Callable], repeats: int) -> dict:
@@ -126,17 +202,31 @@ def _case(contenders: dict[str, Callable], repeats: int) -> dict:
             "speedup_vs_torch_fp32": {name: base / t["median"] for name, t in timings.items()}}
 
 
+BACKENDS = ("torch", "tf", "flax")
+
+
 def _ratios(result: dict) -> dict[str, float]:
+    """Per case: each contender against our torch fp32; each backend's lower precisions against its own
+    fp32 and against the ONNX Runtime / OpenVINO run at the same precision; shares of the matmul rates."""
     out = {}
     for case in ("image", "text"):
-        s = result[case]["speedup_vs_torch_fp32"]
-        for name in s:
-            if name != "torch_fp32":
-                out[f"{case}_{name}_vs_torch_fp32"] = s[name]
         t = {k: v["median"] for k, v in result[case]["timings"].items()}
-        if "onnxruntime_int8" in t:
-            out[f"{case}_torch_int8_vs_onnxruntime_int8"] = t["onnxruntime_int8"] / t["torch_int8"]
-            out[f"{case}_torch_fp32_vs_onnxruntime_fp32"] = t["onnxruntime_fp32"] / t["torch_fp32"]
+        for name in t:
+            if name != "torch_fp32":
+                out[f"{case}_{name}_vs_torch_fp32"] = t["torch_fp32"] / t[name]
+        for backend in BACKENDS:
+            for precision in ("fp32", "bf16", "int8"):
+                ours = f"{backend}_{precision}"
+                if ours not in t:
+                    continue
+                if precision != "fp32" and backend != "torch":
+                    out[f"{case}_{ours}_vs_{backend}_fp32"] = t[f"{backend}_fp32"] / t[ours]
+                for ref in ("onnxruntime", "openvino"):
+                    if f"{ref}_{precision}" in t:
+                        out[f"{case}_{ours}_vs_{ref}_{precision}"] = t[f"{ref}_{precision}"] / t[ours]
+                rate = result.get("matmul_rates", {}).get(ours)
+                if rate and result.get("flops"):
+                    out[f"{case}_{ours}_share_of_matmul"] = result["flops"][case] / t[ours] / 1e9 / rate
         if "transformers_bf16" in t:
             out[f"{case}_torch_bf16_vs_transformers_bf16"] = t["transformers_bf16"] / t["torch_bf16"]
     return out
@@ -167,10 +257,13 @@ def main(argv=None) -> int:
         for backend in ("clip_flax", "clip_tf"):
             pairs.update(_numpy_contenders(backend, path, px, ids))
         pairs.update(_onnx_contenders(path, px, ids, root))
+        pairs.update(_openvino_contenders(root, px, ids))
+        flops = _flops(path, px, ids)
         setup = time.perf_counter() - start
         result = {case: _case({n: p[i] for n, p in pairs.items()}, repeats)
                   for i, case in enumerate(("image", "text"))}
     result["matmul_rates"] = _matmul_rates(repeats)
+    result["flops"] = flops
     result["ratios"] = _ratios(result)
     result["setup_s"] = setup
     result["model"] = "bundled default" if args.quick else "ViT-B/32 (random weights)"
