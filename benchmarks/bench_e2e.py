@@ -44,13 +44,15 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_core.precision import MIN_COSINE, min_cosine
+
 from .common import write_result
 from .model_inputs import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TOLERANCE = 1e-4
-MIN_COSINE = {"bf16": 0.999, "int8": 0.99}
 PRECISIONS = ("fp32", "bf16", "int8")
+BOUNDS = {p: MIN_COSINE[p] for p in ("bf16", "int8")}  # least cosine to transformers' fp32 rows
 BATCH = 64  # clip-zoo embed's default --batch-size
 TARGETS = {"clip_zoo_vs_hf_batched": (">=", 1.5), "clip_zoo_bf16_vs_hf_batched": (">=", 2.5),
            **{f"wall_over_bare_forward_{p}": ("<=", 1.10) for p in PRECISIONS}}
@@ -167,13 +169,12 @@ def _agreement(out: Path, precisions: list[str]) -> dict[str, dict[str, float]]:
         ours = np.load(out / f"clip_zoo_{p}.npy").astype(np.float64)
         if ours.shape != ref.shape:
             raise RuntimeError(f"clip-zoo {p} wrote {ours.shape}, transformers wrote {ref.shape}")
-        cos = (ours * ref).sum(1) / (np.linalg.norm(ours, axis=1) * np.linalg.norm(ref, axis=1))
-        found[p] = {"max_abs_diff": float(np.abs(ours - ref).max()), "min_cosine": float(cos.min())}
+        found[p] = {"max_abs_diff": float(np.abs(ours - ref).max()), "min_cosine": min_cosine(ref, ours)}
     bad = {p: v for p, v in found.items()
            if (v["max_abs_diff"] > TOLERANCE if p == "fp32" else v["min_cosine"] < MIN_COSINE[p])}
     if bad:
         raise RuntimeError(f"outputs disagree with transformers' fp32 (bounds: fp32 max abs <= {TOLERANCE}, "
-                           f"min cosine {MIN_COSINE}): {bad}")
+                           f"min cosine {BOUNDS}): {bad}")
     return found
 
 
@@ -238,7 +239,7 @@ def run(n_images: int, repeats: int, per_image: bool, workdir: Path, precisions:
         "bare_forward_seconds": {p: _stats([r["bare_forward"] for r in bare[p]]) for p in precisions},
         "per_precision": per, "cpu_seconds": {k: _stats(v) for k, v in cpus.items()},
         "images_per_second": {k: n_images / s["median"] for k, s in stats.items()},
-        "agreement": agreement, "tolerance": TOLERANCE, "min_cosine_bounds": MIN_COSINE, "ratios": ratios,
+        "agreement": agreement, "tolerance": TOLERANCE, "min_cosine_bounds": BOUNDS, "ratios": ratios,
         "targets": {k: v for k, (_, v) in TARGETS.items() if k in ratios},
         "target_ops": {k: op for k, (op, _) in TARGETS.items() if k in ratios},
     }
