@@ -107,9 +107,10 @@ class Int8Linear(nn.Module):
 
     With oneDNN (``kernel="onednn"``, the default where torch has it) activations are quantized per
     tensor to uint8 and the kernel dequantizes, adds the bias and can apply ``activation`` (a key of
-    ``_FUSED_ACTIVATIONS``) in the same pass; ``input_scale`` multiplies the input (folded into the
-    weights). fbgemm's dynamic quantized linear is the fallback (no fused activation).
-    """
+    ``_FUSED_ACTIVATIONS``) in the same pass. ``input_scale`` multiplies the input and ``output_scale``
+    the pre-activation output, both folded into the weights (and the bias, for ``output_scale``): how
+    :class:`Int8MLP` moves quick_gelu's 1.702 into fc1 and its inverse into fc2. fbgemm's dynamic
+    quantized linear is the fallback (no fused activation)."""
 
     def __init__(self, linear, activation: Optional[str] = None, input_scale: float = 1.0,
                  output_scale: float = 1.0, kernel: Optional[str] = None) -> None:
