@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Optional
 
@@ -64,10 +65,10 @@ _FUSED_ACTIVATIONS = {"quick_gelu": ("swish", "", 1.702), "gelu": ("gelu", "none
                       "relu": ("relu", "", 1.0)}
 
 
-def _quantize_u8(x: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-    """``x`` (N, I) float32 -> (uint8 (N, I), scale, zero point): per-tensor asymmetric, range including 0."""
-    lo, hi = torch.aminmax(x)
-    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+def _quantize_u8(x: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor, float, int]:
+    """``x`` (N, I) float32 with values in [lo, hi] -> (uint8 (N, I), scale, zero point): per-tensor
+    asymmetric, range including 0."""
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
     scale = max((hi - lo) / 255.0, 1e-12)
     zero = min(255, max(0, round(-lo / scale)))
     quantize = _fused_u8 if _QUANTIZE_FUSED else _plain_u8
@@ -143,13 +144,25 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         x = x.detach().reshape(-1, self.in_features).float().contiguous()  # (N, I)
+        return self._rows(x).view(*lead, self.out_features)
+
+    def _rows(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, I) float32 -> (N, O) float32. Rows holding NaN or inf come out NaN, as a float32 linear's
+        would, and leave the others' quantization range alone; no rows, no kernel call."""
+        if x.shape[0] == 0:
+            return x.new_empty(0, self.out_features)
+        lo, hi = (float(v) for v in torch.aminmax(x))
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            bad = ~torch.isfinite(x).all(dim=1)  # (N,)
+            y = x.new_full((x.shape[0], self.out_features), float("nan"))
+            y[~bad] = self._rows(x[~bad])
+            return y
         if self.kernel == "onednn":
-            xq, scale, zero = _quantize_u8(x)
-            y = torch.ops.onednn.qlinear_pointwise(xq, scale, zero, self._packed, self._scale, self._zero, self._bias,
-                                                   1.0, 0, torch.float32, self._post[0], [], self._post[1])
-        else:
-            y = torch.ops.quantized.linear_dynamic(x, self._packed, True)  # (N, O)
-        return y.view(*lead, self.out_features)
+            xq, scale, zero = _quantize_u8(x, lo, hi)
+            return torch.ops.onednn.qlinear_pointwise(xq, scale, zero, self._packed, self._scale, self._zero,
+                                                      self._bias, 1.0, 0, torch.float32, self._post[0], [],
+                                                      self._post[1])
+        return torch.ops.quantized.linear_dynamic(x, self._packed, True)
 
     def extra_repr(self) -> str:
         act = f", activation={self.activation}" if self.activation else ""

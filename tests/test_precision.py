@@ -140,6 +140,45 @@ def test_each_int8_kernel_keeps_the_bound(checkpoints, kernel, monkeypatch):
         assert P.MIN_COSINE["int8"] <= P.min_cosine(a, b) < 1.0 - 1e-9
 
 
+@pytest.mark.parametrize("kernel", ["onednn", "fbgemm"])
+def test_int8_linear_takes_empty_and_non_finite_rows(kernel):
+    """No rows give no rows; a row holding NaN or inf comes out NaN (as in float32) and the other rows are
+    what they are without it (it does not widen their quantization range)."""
+    torch = pytest.importorskip("torch")
+    from clip_torch.layers import Linear
+    from clip_torch.precision import Int8Linear
+
+    if kernel not in _int8_kernels():
+        pytest.skip(f"this torch has no {kernel} int8 kernel")
+    torch.manual_seed(0)
+    q = Int8Linear(Linear(64, 32), kernel=kernel)
+    with torch.inference_mode():
+        assert q(torch.zeros(2, 0, 64)).shape == (2, 0, 32)
+        x = torch.randn(6, 64)
+        x[2, 5], x[4, 0] = float("nan"), float("inf")
+        out = q(x)
+        good = [0, 1, 3, 5]
+        alone = q(x[good])
+    assert torch.isnan(out[[2, 4]]).all()
+    np.testing.assert_array_equal(out[good].numpy(), alone.numpy())
+
+
+def test_an_int8_model_gives_a_nan_image_a_nan_row(checkpoints):
+    """One NaN image in an int8 batch: its row is NaN (the CLI's finite check then names it), the others stay
+    within the int8 bound of float32."""
+    torch = pytest.importorskip("torch")
+    import clip_torch
+
+    ref = clip_torch.CLIPModel.from_pretrained(checkpoints["tiny-vit"])
+    low = clip_torch.CLIPModel.from_pretrained(checkpoints["tiny-vit"], precision="int8")
+    px = torch.from_numpy(pixel_inputs(ref.config, 4))
+    px[1, 0, 3, 3] = float("nan")
+    with torch.inference_mode():
+        a, b = ref.get_image_features(pixel_values=px).numpy(), low.get_image_features(pixel_values=px).numpy()
+    assert np.isnan(b[1]).all() and np.isfinite(b[[0, 2, 3]]).all()
+    assert P.min_cosine(a[[0, 2, 3]], b[[0, 2, 3]]) >= P.MIN_COSINE["int8"]
+
+
 def test_activation_quantization_fallback_matches_the_fused_one(monkeypatch):
     """Without ``torch.quantize_per_tensor`` (deprecated) the plain-op quantization gives the same codes (±1 at ties)."""
     torch = pytest.importorskip("torch")
@@ -149,9 +188,10 @@ def test_activation_quantization_fallback_matches_the_fused_one(monkeypatch):
         pytest.skip("this torch has no torch.quantize_per_tensor")
     x = torch.randn(64, 96) * 3 + 0.5
     monkeypatch.setattr(TP, "_QUANTIZE_FUSED", True)
-    fused = TP._quantize_u8(x)
+    lo, hi = (float(v) for v in torch.aminmax(x))
+    fused = TP._quantize_u8(x, lo, hi)
     monkeypatch.setattr(TP, "_QUANTIZE_FUSED", False)
-    plain = TP._quantize_u8(x)
+    plain = TP._quantize_u8(x, lo, hi)
     assert fused[1:] == plain[1:]
     assert int((fused[0].int() - plain[0].int()).abs().max()) <= 1
     restored = (plain[0].float() - plain[2]) * plain[1]
