@@ -6,7 +6,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from .primitives import Dense, LayerNorm, activation, linear, shape_list
+from .primitives import Dense, LayerNorm, activation, linear, matmul, shape_list
 
 __all__ = ["CLIPAttention", "CLIPMLP", "CLIPEncoderLayer", "CLIPEncoder"]
 
@@ -43,11 +43,11 @@ class CLIPAttention(keras.layers.Layer):
         tk = shape_list(xkv)[1]
         q, k, v = self._project(xq, xkv)
         q, k, v = self._split(q, b, tq), self._split(k, b, tk), self._split(v, b, tk)
-        scores = tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32)  # (B, H, Tq, Tk)
+        scores = tf.cast(matmul(q, k, transpose_b=True), tf.float32)  # (B, H, Tq, Tk)
         if attn_mask is not None:  # boolean "may attend" (Keras would autocast a float mask)
             scores = tf.where(attn_mask, scores, tf.float32.min)
         probs = tf.nn.softmax(scores, axis=-1)
-        out = tf.matmul(tf.cast(probs, v.dtype), v)  # (B, H, Tq, hd)
+        out = matmul(tf.cast(probs, v.dtype), v)  # (B, H, Tq, hd)
         return self.out_proj(tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, tq, d])), probs
 
     def call(self, x, attn_mask: Optional[tf.Tensor] = None, output_attentions: bool = False):

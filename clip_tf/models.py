@@ -1,6 +1,7 @@
 """The six public CLIP classes as Keras 3 models, with loading, saving and compiled feature paths."""
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any, ClassVar, Optional, Union
@@ -17,7 +18,7 @@ from clip_core.outputs import (CLIPOutput, CLIPTextModelOutput, CLIPVisionModelO
 from clip_core.schema import from_backend, to_backend
 from clip_core.precision import check_precision, verify_precision
 
-from .primitives import Dense, named_variables, param, policy_dtype
+from .primitives import Dense, float32_products, named_variables, param, policy_dtype
 from .resnet import ModifiedResNet
 from .text import CLIPTextTransformer, pool_positions
 from .vision import CLIPVisionTransformer
@@ -44,6 +45,16 @@ def _vision_tower(config: CLIPConfig, dtype) -> keras.layers.Layer:
     cls = ModifiedResNet if config.is_resnet else CLIPVisionTransformer
     return cls(config.vision_config, dtype=dtype)
 
+
+
+def _traced_with_float32_products(fn):
+    """``fn`` tracing its bfloat16 products as float32-accumulating XLA dots (:func:`primitives.float32_products`)."""
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+        with float32_products():
+            return fn(*args, **kwargs)
+
+    return traced
 
 class CLIPPreTrainedModel(keras.Model):
     """Shared machinery: config handling, the ``{tf path: variable}`` index, loading and saving."""
@@ -116,9 +127,9 @@ class CLIPPreTrainedModel(keras.Model):
         are dropped, anything else missing or extra is an error. ``dtype`` is the Keras dtype policy; the
         constructor's ``data_format`` / ``jit_compile`` / ``name`` pass through; transformers' loader arguments
         (``num_labels``, ``from_pt``, ``revision`` ...) as in :func:`conversion.pretrained.load_pretrained`.
-        ``precision="bf16"`` is the ``bfloat16`` policy (weights and products in bfloat16, layer norms in
-        float32) run as plain graphs (``jit_compile=False`` unless given: XLA:CPU's bfloat16 matmul ran slower
-        than its float32 one), after checking the embeddings' bound."""
+        ``precision="bf16"`` is the ``bfloat16`` policy (weights in bfloat16, products accumulated in float32,
+        layer norms in float32), after checking the embeddings' bound; under ``jit_compile="auto"`` its text
+        and ViT image paths compile with XLA (see :meth:`_compiled`)."""
         loaded = load_pretrained(path, cls.part, kwargs, config=config, num_labels=num_labels, cls_name=cls.__name__)
         precision = check_precision(kwargs.pop("precision", None), ("fp32", "bf16"), "clip_tf")
         unknown = set(kwargs) - _CONSTRUCTOR_KWARGS
@@ -127,7 +138,6 @@ class CLIPPreTrainedModel(keras.Model):
         reference_kwargs = dict(kwargs)
         if precision == "bf16":
             dtype = "bfloat16"
-            kwargs.setdefault("jit_compile", False)
         model = cls(loaded.config, dtype=dtype, **kwargs)
         model.load_canonical(loaded.weights, source=loaded.source)
         if precision == "bf16":  # checked against the same weights in float32
@@ -152,10 +162,16 @@ class CLIPPreTrainedModel(keras.Model):
 
     # ------------------------------------------------------------------ compiled paths
     def _compiled(self, key: str, fn, signature: list):
-        """One ``tf.function`` per feature path; XLA for text and plain graph for images under "auto"
-        (measured faster on CPU: XLA:CPU lost at batch 1 and 16 for the ViT-B/32 image tower)."""
+        """One ``tf.function`` per feature path. Under "auto": XLA for text; for images a plain graph in
+        float32 (XLA:CPU lost at batch 1 and 16 for the ViT-B/32 image tower) and for a ResNet, XLA for a
+        bfloat16 ViT (its float32-accumulating dots beat oneDNN's graph at batch 1 and 16; its bfloat16
+        convolutions lost to the graph's by 1.7x on RN50). Measured on CPU, see docs/design.md."""
         if key not in self._fns:
-            jit = self.jit_compile if isinstance(self.jit_compile, bool) else key == "text"
+            bf16 = self.compute_dtype == "bfloat16"
+            auto = key == "text" or (bf16 and not getattr(self.config, "is_resnet", False))
+            jit = self.jit_compile if isinstance(self.jit_compile, bool) else auto
+            if jit and bf16:
+                fn = _traced_with_float32_products(fn)
             self._fns[key] = tf.function(fn, input_signature=signature, jit_compile=jit, reduce_retracing=False)
         return self._fns[key]
 

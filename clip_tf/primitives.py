@@ -8,12 +8,14 @@ float32 whatever the dtype policy.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from typing import Iterator, Optional
 
 import keras
 import tensorflow as tf
 
-__all__ = ["Dense", "linear", "LayerNorm", "Embedding", "Conv2D", "BatchNorm", "activation", "named_variables",
+__all__ = ["Dense", "linear", "matmul", "float32_products", "LayerNorm", "Embedding", "Conv2D", "BatchNorm", "activation", "named_variables",
            "param", "policy_dtype", "shape_list"]
 
 
@@ -66,13 +68,36 @@ class Dense(_Leaf):
         return linear(x, self.kernel, self.bias if self.use_bias else None)
 
 
+_F32_PRODUCTS = contextvars.ContextVar("clip_tf_float32_products", default=False)
+
+
+@contextlib.contextmanager
+def float32_products() -> Iterator[None]:
+    """While a function is traced for XLA: bfloat16 products accumulate in and return float32 (then cast
+    back), as oneDNN's bfloat16 kernels of a plain graph do. XLA:CPU's bfloat16-out dot runs ~3x slower
+    than the same dot asked for a float32 result (``BatchMatMulV3``'s ``Tout``, which only XLA implements
+    for bfloat16 inputs, so only XLA-compiled traces may use it)."""
+    token = _F32_PRODUCTS.set(True)
+    try:
+        yield
+    finally:
+        _F32_PRODUCTS.reset(token)
+
+
+def matmul(a, b, transpose_b: bool = False):
+    """``a @ b`` (batched over leading axes) in ``a``'s dtype; see :func:`float32_products`."""
+    if a.dtype == tf.bfloat16 and _F32_PRODUCTS.get():
+        return tf.cast(tf.raw_ops.BatchMatMulV3(x=a, y=b, Tout=tf.float32, adj_y=transpose_b), a.dtype)
+    return tf.matmul(a, b, transpose_b=transpose_b)
+
+
 def linear(x, kernel, bias=None):
     """``x @ kernel (+ bias)`` in ``x``'s dtype; kernel ``(in, out)`` (a Dense's, or a slice of a packed one)."""
     kernel = tf.cast(kernel, x.dtype)
     if x.shape.rank == 2:
-        y = tf.matmul(x, kernel)
+        y = matmul(x, kernel)
     else:  # (..., I) -> (N, I) @ (I, O) -> (..., O): one plain GEMM
-        y = tf.reshape(tf.matmul(tf.reshape(x, [-1, kernel.shape[0]]), kernel),
+        y = tf.reshape(matmul(tf.reshape(x, [-1, kernel.shape[0]]), kernel),
                        shape_list(x)[:-1] + [kernel.shape[1]])
     return y if bias is None else y + tf.cast(bias, y.dtype)
 

@@ -221,3 +221,49 @@ def test_siglip_precisions_keep_the_bound(backend, tmp_path_factory, precision):
                       to_numpy(model.get_image_features(pixel_values=x["pixel_values"]))))
     for a, b in zip(*feats):
         assert P.MIN_COSINE[precision] <= P.min_cosine(a, b) < 1.0 - 1e-9
+
+
+# ---------------------------------------------------------------- TF and Flax bf16 layouts
+def test_flax_bf16_stores_its_matrices_in_bf16_without_changing_an_output(checkpoints):
+    """``precision="bf16"`` keeps kernels and embedding tables in bfloat16 (no per-call cast), LayerNorm and
+    biases in float32, and computes exactly what a bfloat16 model over float32 parameters computes."""
+    pytest.importorskip("jax")
+    import jax
+    import jax.numpy as jnp
+    import clip_flax
+
+    low = clip_flax.CLIPModel.from_pretrained(checkpoints["tiny-vit"], precision="bf16")
+    cast = clip_flax.CLIPModel.from_pretrained(checkpoints["tiny-vit"], dtype=jnp.bfloat16)
+    dtypes = {jax.tree_util.keystr(p): v.dtype for p, v in jax.tree_util.tree_leaves_with_path(low.params)}
+    by_leaf = {}
+    for path, dtype in dtypes.items():
+        by_leaf.setdefault(path.rsplit("'", 2)[-2], set()).add(str(dtype))
+    assert by_leaf["kernel"] == by_leaf["embedding"] == {"bfloat16"}
+    assert by_leaf["scale"] == by_leaf["bias"] == {"float32"}
+    for a, b in zip(_features(clip_flax, low, low.config), _features(clip_flax, cast, cast.config)):
+        np.testing.assert_array_equal(a, b)
+
+
+def _traced_ops(fn) -> set:
+    return {op.type for op in fn.get_concrete_function().graph.get_operations()}
+
+
+def test_tf_bf16_compiles_float32_accumulating_products_for_xla_only(checkpoints):
+    """bf16 text and ViT image paths compile with XLA, their products as ``BatchMatMulV3`` asked for float32
+    (only XLA has that kernel); a plain graph (``jit_compile=False``) and a bf16 ResNet keep ``MatMul``.
+    Both give the same embeddings to bf16 rounding."""
+    pytest.importorskip("tensorflow")
+    import clip_tf
+
+    xla = clip_tf.CLIPModel.from_pretrained(checkpoints["tiny-vit"], precision="bf16")
+    graph = clip_tf.CLIPModel.from_pretrained(checkpoints["tiny-vit"], precision="bf16", jit_compile=False)
+    outs = [_features(clip_tf, m, m.config) for m in (xla, graph)]
+    for key in ("text", "image"):
+        assert "BatchMatMulV3" in _traced_ops(xla._fns[key]), key
+        assert "BatchMatMulV3" not in _traced_ops(graph._fns[key]), key
+    for a, b in zip(*outs):
+        assert P.min_cosine(a, b) >= 0.999
+    rn = clip_tf.CLIPModel.from_pretrained(checkpoints["tiny-resnet"], precision="bf16")
+    _features(clip_tf, rn, rn.config)
+    assert "BatchMatMulV3" not in _traced_ops(rn._fns["image"])
+    assert "BatchMatMulV3" in _traced_ops(rn._fns["text"])
