@@ -119,7 +119,8 @@ class Trainer:
                                    f"{jax.local_device_count()}; on CPU set XLA_FLAGS="
                                    f"--xla_force_host_platform_device_count={self.replicas} before importing jax")
             self.mesh = sharding.data_parallel_mesh(jax.local_devices()[:self.replicas])
-        self.params = self._place(jax.tree_util.tree_map(lambda v: v.astype(jnp.float32), model.params))  # bf16 loads too
+        master = jax.tree_util.tree_map(lambda v: v.astype(jnp.float32), model.params)  # a bf16 load's matrices too
+        self.params = self._place(master)
         self.opt_state = self._place(self.tx.init(self.params))
 
     def _place(self, tree: Any) -> Any:

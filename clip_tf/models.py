@@ -46,7 +46,6 @@ def _vision_tower(config: CLIPConfig, dtype) -> keras.layers.Layer:
     return cls(config.vision_config, dtype=dtype)
 
 
-
 def _traced_with_float32_products(fn):
     """``fn`` tracing its bfloat16 products as float32-accumulating XLA dots (:func:`primitives.float32_products`)."""
     @functools.wraps(fn)
@@ -55,6 +54,7 @@ def _traced_with_float32_products(fn):
             return fn(*args, **kwargs)
 
     return traced
+
 
 class CLIPPreTrainedModel(keras.Model):
     """Shared machinery: config handling, the ``{tf path: variable}`` index, loading and saving."""
@@ -162,10 +162,10 @@ class CLIPPreTrainedModel(keras.Model):
 
     # ------------------------------------------------------------------ compiled paths
     def _compiled(self, key: str, fn, signature: list):
-        """One ``tf.function`` per feature path. Under "auto": XLA for text; for images a plain graph in
-        float32 (XLA:CPU lost at batch 1 and 16 for the ViT-B/32 image tower) and for a ResNet, XLA for a
-        bfloat16 ViT (its float32-accumulating dots beat oneDNN's graph at batch 1 and 16; its bfloat16
-        convolutions lost to the graph's by 1.7x on RN50). Measured on CPU, see docs/design.md."""
+        """One ``tf.function`` per feature path. Under "auto": XLA for text; for images, XLA for a bfloat16
+        ViT (its float32-accumulating dots beat oneDNN's graph at batch 1 and 16) and a plain graph otherwise
+        (float32: XLA:CPU lost at batch 1 and 16 for the ViT-B/32 image tower; a bfloat16 ResNet: XLA's
+        bfloat16 convolutions lost by 1.7x on RN50). Measured on CPU, see docs/design.md."""
         if key not in self._fns:
             bf16 = self.compute_dtype == "bfloat16"
             auto = key == "text" or (bf16 and not getattr(self.config, "is_resnet", False))

@@ -15,8 +15,8 @@ from typing import Iterator, Optional
 import keras
 import tensorflow as tf
 
-__all__ = ["Dense", "linear", "matmul", "float32_products", "LayerNorm", "Embedding", "Conv2D", "BatchNorm", "activation", "named_variables",
-           "param", "policy_dtype", "shape_list"]
+__all__ = ["Dense", "linear", "matmul", "float32_products", "LayerNorm", "Embedding", "Conv2D", "BatchNorm",
+           "activation", "named_variables", "param", "policy_dtype", "shape_list"]
 
 
 def shape_list(x) -> list:
