@@ -405,16 +405,14 @@ def encode_batch(encoder, loader, kind: str, values: list, futures: Optional[lis
 
 #: Images decoded ahead of the model (at least two batches): ~150 MB of 224 px float32 pixels.
 PREFETCH_IMAGES = 256
-#: Images decoded ahead while the framework imports and the weights load (~300 MB of 224 px float32
-#: pixels): those steps leave a core idle, and an image decoded then takes no CPU from the forward later.
-STARTUP_PREFETCH_IMAGES = 512
 
 
 class _Runner:
     """Encodes the pending batches of a plan while a thread pool decodes the next ones.
 
-    Image batches are submitted up to ``PREFETCH_IMAGES`` ahead (``STARTUP_PREFETCH_IMAGES`` before the
-    model is loaded, :meth:`prefetch`), so decoding overlaps the framework import, the weight load and every encode.
+    Image batches are submitted up to ``PREFETCH_IMAGES`` ahead once the model is loaded (:meth:`prefetch`),
+    so decoding overlaps every encode. Not before: decoding next to the framework import slowed the
+    import more than it saved (docs/design.md, end-to-end embed).
     ``todo`` lists ``(batch, item positions)``: a resumed batch whose inputs partly changed computes
     only those items and keeps the others' rows from its shard.
     """
@@ -428,7 +426,6 @@ class _Runner:
         self.computed = 0
         biggest = max(1, max([e - s for s, e in plan["batches"]] or [1]))
         self.window = max(2, PREFETCH_IMAGES // biggest)
-        self.startup_window = max(self.window, STARTUP_PREFETCH_IMAGES // biggest)
 
     def _loader(self, processor):
         from .images import ImageLoader
@@ -444,12 +441,11 @@ class _Runner:
         s, _ = self.plan["batches"][k]
         return self.plan["items"][s][0], [self.plan["items"][s + i][1] for i in idx]
 
-    def prefetch(self, upto: int = 0, window: Optional[int] = None) -> None:
-        """Submit the image batches among the next ``window`` (default ``self.window``) pending ones from
-        position ``upto``."""
+    def prefetch(self, upto: int = 0) -> None:
+        """Submit the image batches among the next ``window`` pending ones from position ``upto``."""
         if self.loader is None:
             return
-        for k, idx in self.todo[upto:upto + (window or self.window)]:
+        for k, idx in self.todo[upto:upto + self.window]:
             kind, values = self._kind_values(k, idx)
             if k not in self.started and kind == "image":
                 self.started[k] = (values, self.loader.submit(values))
@@ -606,7 +602,6 @@ def _run_locked(args: argparse.Namespace, paths: dict, hasher: ThreadPoolExecuto
 
             t0, dim = time.time(), run_ray(plan, paths["work"], todo, runner, args)
         elif dim is None:  # something to compute (a finished work dir needs no model)
-            runner.prefetch(window=runner.startup_window)  # decode while the framework and the weights load
             encoder = load_encoder(args.model, framework, args.threads, processor=runner.processor, precision=precision)
             dim, t0 = encoder.dim, time.time()
             with _progress(len(items), len(items) - sum(len(idx) for _, idx in todo), args.progress) as bar:
