@@ -5,12 +5,16 @@ image is refused when it, or the image the resize step would make of it (a 1x100
 to 224 px on its short side is 224x22400000), has more than ``max_pixels`` pixels (default 40
 megapixels, ``--max-pixels``). With ``fingerprints=True`` each load also returns the file's
 :func:`fingerprint` (size, mtime and SHA-256 of the bytes), taken in the same worker thread.
+With ``background=True`` (``clip-zoo embed``) the workers run at the lowest CPU priority on Linux,
+so the model's threads win the cores whenever both want them (docs/design.md, end-to-end embed).
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import os
+import sys
+import threading
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Optional, Sequence
@@ -25,6 +29,19 @@ __all__ = ["ImageLoader", "describe_error", "fingerprint", "DEFAULT_MAX_PIXELS",
 DEFAULT_MAX_PIXELS = 40_000_000
 #: Times a load is retried when the file changes while it is read.
 _RETRIES = 3
+
+
+def _lowest_priority() -> None:
+    """Thread-pool initializer: the calling worker thread takes nice 19 (Linux only).
+
+    Linux keeps a nice value per thread, so this lowers the worker alone; elsewhere ``PRIO_PROCESS``
+    with a thread id would name a process, so nothing is done. Best effort: errors are ignored."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except OSError:
+        pass
 
 
 def max_pixels_arg(text: str) -> int:
@@ -106,14 +123,17 @@ class ImageLoader:
     """Preprocess paths with ``processor`` on ``threads`` workers; each item → array or error text.
 
     ``max_pixels``: images above it (or whose resized image would be) are refused before decoding.
-    ``fingerprints``: also take each file's :func:`fingerprint` (see :meth:`collect`'s ``keys``)."""
+    ``fingerprints``: also take each file's :func:`fingerprint` (see :meth:`collect`'s ``keys``).
+    ``background``: the workers run at the lowest CPU priority (Linux), for a pipeline whose model
+    runs beside them: the model's threads then never wait on a descheduled worker."""
 
     def __init__(self, processor, threads: Optional[int] = None, max_pixels: Optional[int] = None,
-                 fingerprints: bool = False) -> None:
+                 fingerprints: bool = False, background: bool = False) -> None:
         self.processor = processor
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
         self.fingerprints = fingerprints
-        self.pool = ThreadPoolExecutor(max(1, threads or processor.num_threads), thread_name_prefix="clip-zoo-load")
+        self.pool = ThreadPoolExecutor(max(1, threads or processor.num_threads), thread_name_prefix="clip-zoo-load",
+                                       initializer=_lowest_priority if background else None)
 
     def _decode(self, path: str):
         if not is_image_name(path):

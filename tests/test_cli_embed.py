@@ -3,9 +3,11 @@ equals an uninterrupted run's; a corrupt file and a non-image are reported and s
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -101,3 +103,36 @@ def test_other_inputs_refuse_a_foreign_work_dir(tmp_path, folder, model, capsys)
     assert "--restart" in capsys.readouterr().err
     assert main(_args(folder / "b", model, out) + ["--restart"]) == 0
     assert np.load(out).shape == (N_IMAGES // 2, 16)
+
+
+def _nice() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="nice is per thread on Linux only")
+def test_embed_decodes_at_the_lowest_priority(tmp_path, model, monkeypatch):
+    """embed's decoding threads take nice 19 (the forward wins the cores); the calling thread keeps
+    its priority, and a loader that is not ``background`` keeps the caller's."""
+    from clip_zoo import images
+    from clip_zoo.engines import early_processor
+
+    base = _nice()
+    if base >= 19:
+        pytest.skip("this process already runs at nice 19")
+    (tmp_path / "in").mkdir()
+    for i, im in enumerate(shapes.generate(3, seed=5, size=16).images):
+        im.save(tmp_path / "in" / f"{i}.png")
+    seen = []
+    decode = images.ImageLoader._decode
+    monkeypatch.setattr(images.ImageLoader, "_decode", lambda self, path: (seen.append(_nice()), decode(self, path))[1])
+    assert main(["embed", str(tmp_path / "in"), "--out", str(tmp_path / "e.npy"), "--model", str(model),
+                 "--threads", "2", "--no-progress"]) == 0
+    assert np.load(tmp_path / "e.npy").shape[0] == 3
+    assert seen == [19] * 3 and _nice() == base
+    seen.clear()
+    loader = images.ImageLoader(early_processor(model), 1)
+    try:
+        assert not isinstance(loader.submit([str(tmp_path / "in" / "0.png")])[0].result()[0], str)
+    finally:
+        loader.close()
+    assert seen == [base]
