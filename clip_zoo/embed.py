@@ -412,8 +412,8 @@ class _Runner:
 
     Image batches are submitted up to ``PREFETCH_IMAGES`` ahead once the model is loaded (:meth:`prefetch`),
     so decoding overlaps every encode. Not before: decoding next to the framework import slowed the
-    import more than it saved. The decoding threads run at the lowest CPU priority, so they take
-    the cores the forward leaves idle instead of stalling it (docs/design.md, end-to-end embed).
+    import more than it saved. The decoding threads run at a lower CPU priority, so they mostly
+    take the cores the forward leaves idle instead of stalling it (docs/design.md, end-to-end embed).
     ``todo`` lists ``(batch, item positions)``: a resumed batch whose inputs partly changed computes
     only those items and keeps the others' rows from its shard.
     """

@@ -5,8 +5,8 @@ image is refused when it, or the image the resize step would make of it (a 1x100
 to 224 px on its short side is 224x22400000), has more than ``max_pixels`` pixels (default 40
 megapixels, ``--max-pixels``). With ``fingerprints=True`` each load also returns the file's
 :func:`fingerprint` (size, mtime and SHA-256 of the bytes), taken in the same worker thread.
-With ``background=True`` (``clip-zoo embed``) the workers run at the lowest CPU priority on Linux,
-so the model's threads win the cores whenever both want them (docs/design.md, end-to-end embed).
+With ``background=True`` (``clip-zoo embed``) the workers run at a lower CPU priority on Linux, so
+the model's threads win the cores when both want them (docs/design.md, end-to-end embed).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import numpy as np
 
 from .inputs import is_image_name
 
-__all__ = ["ImageLoader", "describe_error", "fingerprint", "DEFAULT_MAX_PIXELS", "max_pixels_arg"]
+__all__ = ["ImageLoader", "describe_error", "fingerprint", "BACKGROUND_NICE", "DEFAULT_MAX_PIXELS", "max_pixels_arg"]
 
 #: Largest image (and largest resized image) the CLI decodes: 40 megapixels, ~120 MB as RGB.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -31,15 +31,22 @@ DEFAULT_MAX_PIXELS = 40_000_000
 _RETRIES = 3
 
 
-def _lowest_priority() -> None:
-    """Thread-pool initializer: the calling worker thread takes nice 19 (Linux only).
+#: How much ``background`` workers raise their nice value: enough that the model's threads win the
+#: cores (a third of their CPU share under contention), not so much that other processes starve the
+#: decoding. At +19 a busy machine slowed an embed 5x (docs/design.md, end-to-end embed).
+BACKGROUND_NICE = 5
+
+
+def _lower_priority() -> None:
+    """Thread-pool initializer: the calling worker thread's nice value rises by ``BACKGROUND_NICE``.
 
     Linux keeps a nice value per thread, so this lowers the worker alone; elsewhere ``PRIO_PROCESS``
     with a thread id would name a process, so nothing is done. Best effort: errors are ignored."""
     if not sys.platform.startswith("linux"):
         return
     try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + BACKGROUND_NICE))
     except OSError:
         pass
 
@@ -124,8 +131,8 @@ class ImageLoader:
 
     ``max_pixels``: images above it (or whose resized image would be) are refused before decoding.
     ``fingerprints``: also take each file's :func:`fingerprint` (see :meth:`collect`'s ``keys``).
-    ``background``: the workers run at the lowest CPU priority (Linux), for a pipeline whose model
-    runs beside them: the model's threads then never wait on a descheduled worker."""
+    ``background``: the workers run at a lower CPU priority (Linux, :data:`BACKGROUND_NICE`), for a
+    pipeline whose model runs beside them: the model's threads then rarely wait on a descheduled one."""
 
     def __init__(self, processor, threads: Optional[int] = None, max_pixels: Optional[int] = None,
                  fingerprints: bool = False, background: bool = False) -> None:
@@ -133,7 +140,7 @@ class ImageLoader:
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else int(max_pixels)
         self.fingerprints = fingerprints
         self.pool = ThreadPoolExecutor(max(1, threads or processor.num_threads), thread_name_prefix="clip-zoo-load",
-                                       initializer=_lowest_priority if background else None)
+                                       initializer=_lower_priority if background else None)
 
     def _decode(self, path: str):
         if not is_image_name(path):
