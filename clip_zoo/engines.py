@@ -342,10 +342,14 @@ def load_encoder(model: Optional[str] = None, framework: Optional[str] = None,
     ``processor``: an image processor already built for this checkpoint (see :func:`early_processor`).
     ``runtime="onnx"`` (or ``framework="onnx"``): ``model`` is a ``clip-zoo export --to onnx`` directory run by
     onnxruntime, with no framework imported. ``precision``: ``fp32`` (default), ``bf16`` or ``int8`` (see
-    :mod:`clip_core.precision`; an ONNX export has its precision fixed at export time)."""
+    :mod:`clip_core.precision`; an ONNX export has its precision fixed at export time). Loading raises this
+    process's malloc thresholds once (:func:`clip_zoo.memory.tune_allocator`)."""
+    from .memory import tune_allocator
+
     threads = check_threads(threads)
     precision = check_precision_arg(precision)
     name = "onnx" if runtime == "onnx" else resolve_framework(framework)
+    tune_allocator()  # the forward's large buffers are reused, not page-faulted in again (clip_zoo/memory.py)
     path = resolve_model(model)
     if name == "onnx":
         from .onnx_engine import OnnxEncoder
