@@ -14,7 +14,8 @@ load, decoding, preprocessing, encoding and writing the output all included), in
 Next to each ``clip_zoo_<precision>`` run, a ``bare_<precision>`` subprocess measures what the pipeline
 cannot go below: it decodes and preprocesses the same images in one thread first (``decode_cpu``: CPU
 seconds), then times ``import torch, clip_torch`` (``import``), the model load at that precision
-(``load``), and ``model.get_image_features`` on the already-preprocessed pixel batches of the CLI's batch
+(``load``, through ``clip_zoo.engines.load_encoder`` as the CLI loads it, so with the same malloc
+thresholds: clip_zoo/memory.py), and ``model.get_image_features`` on the already-preprocessed pixel batches of the CLI's batch
 size (``bare_forward``, wall and CPU seconds). ``wall_over_bare_forward_<precision>`` = the median over
 rounds of clip-zoo's wall time / the bare forward time run right after it (target <= 1.10: decoding, preprocessing, imports and writing hide behind
 the forward); ``floor_over_bare_forward_<precision>`` is the best that ratio can be on this machine when
@@ -263,7 +264,7 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="32 images, one (checked) round, no per-image loop")
     p.add_argument("--images", type=int, help="number of JPEGs (default 500; 32 with --quick)")
     p.add_argument("--repeats", type=int, help="interleaved rounds after the checked (also timed) one "
-                                               "(default 2; 0 with --quick)")
+                                               "(default 4; 0 with --quick)")
     p.add_argument("--precisions", default=",".join(PRECISIONS), help="comma-separated subset of fp32,bf16,int8")
     p.add_argument("--per-image", action=argparse.BooleanOptionalAction, default=None,
                    help="also time the one-image-at-a-time transformers loop, in the first round (default: full "
@@ -274,7 +275,7 @@ def main(argv=None) -> int:
     if not precisions or set(precisions) - set(PRECISIONS):
         p.error(f"--precisions: choose from {','.join(PRECISIONS)}")
     n = args.images or (32 if args.quick else 500)
-    repeats = args.repeats if args.repeats is not None else (0 if args.quick else 2)
+    repeats = args.repeats if args.repeats is not None else (0 if args.quick else 4)
     per_image = (not args.quick) if args.per_image is None else args.per_image
     workdir = Path(tempfile.mkdtemp(prefix="bench_e2e.", dir=args.dir))
     try:

@@ -44,7 +44,7 @@ def tune_allocator(environ=None) -> bool:
 
     Returns whether they are set. Nothing is done (``False``) off glibc, or when the user set any of
     glibc's ``MALLOC_*_`` variables or ``glibc.malloc`` tunables: their choice stands. Best effort:
-    a C library that refuses the values is left as it was."""
+    a threshold the C library refuses stays as it was (and ``False`` is returned)."""
     if _done:
         return _done[0]
     environ = os.environ if environ is None else environ
