@@ -8,11 +8,8 @@ minor faults and ~0.7 CPU-s of kernel time per fp32 batch on the development mac
 docs/design.md). :func:`tune_allocator` raises both thresholds once, so freed buffers are reused.
 
 The cost: memory freed after the largest batch stays in the process (RSS keeps its high-water mark)
-until it exits, and a process that loads many models one after another keeps much of their freed
-arrays too (a pytest worker of the test suite reached 14.7 GB with it; the suite leaves it off in its
-workers). The application calls it when it loads a model (:func:`clip_zoo.engines.load_encoder`), for
-commands that load one model and run many batches; the library modules (``clip_torch`` ...) never
-change the process's allocator.
+until it exits. The application calls it when it loads a model (:func:`clip_zoo.engines.load_encoder`);
+the library modules (``clip_torch`` ...) never change the process's allocator.
 """
 from __future__ import annotations
 

@@ -25,13 +25,6 @@ if importlib.util.find_spec("torchvision") is not None:  # must precede any tens
 import pytest
 
 from clip_core.testing import random_weights, tiny_resnet_config, tiny_vit_config
-from clip_zoo import memory as _memory
-
-# A test worker loads hundreds of models, one after another, in one process. With the application's
-# malloc tuning (clip_zoo/memory.py) their freed arrays stay in the heap: a worker grew to 14 GB in a CI
-# run. The workers keep glibc's defaults; the CLI subprocesses that tests start still tune, and
-# tests/test_memory.py checks the tuning itself.
-_memory._done[:] = [False]
 
 BACKEND_MODULES = {"torch": ("torch", "clip_torch"), "tf": ("tensorflow", "clip_tf"), "flax": ("flax", "clip_flax")}
 
