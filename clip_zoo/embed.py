@@ -405,6 +405,20 @@ def encode_batch(encoder, loader, kind: str, values: list, futures: Optional[lis
 
 #: Images decoded ahead of the model (at least two batches): ~150 MB of 224 px float32 pixels.
 PREFETCH_IMAGES = 256
+#: Inputs per forward call when the model runs as several lanes (:meth:`Encoder.lanes`): small enough that
+#: the lanes share a batch evenly, large enough for efficient matrix products (ViT-B/32: 800 token rows).
+LANE_CHUNK = 16
+
+
+def _join_chunks(parts: list[tuple]) -> tuple:
+    """:func:`encode_batch` results of consecutive chunks of one batch → that batch's result."""
+    embeds, ok, errors, keys = [], [], {}, []
+    for chunk_embeds, chunk_ok, chunk_errors, chunk_keys in parts:
+        embeds.append(chunk_embeds)
+        ok += [len(keys) + i for i in chunk_ok]
+        errors.update({len(keys) + i: msg for i, msg in chunk_errors.items()})
+        keys += chunk_keys
+    return np.concatenate(embeds), ok, errors, keys
 
 
 class _Runner:
@@ -413,7 +427,10 @@ class _Runner:
     Image batches are submitted up to ``PREFETCH_IMAGES`` ahead once the model is loaded (:meth:`prefetch`),
     so decoding overlaps every encode. Not before: decoding next to the framework import slowed the
     import more than it saved. The decoding threads run at a lower CPU priority, so they mostly
-    take the cores the forward leaves idle instead of stalling it (docs/design.md, end-to-end embed).
+    take the cores the forward leaves idle instead of stalling it. Where the encoder splits its threads
+    into lanes (:meth:`Encoder.lanes`: torch), each batch is encoded as chunks of ``LANE_CHUNK`` inputs
+    on that many threads, up to two batches ahead, and a decoding thread then slows one lane only,
+    not the whole forward (docs/design.md, end-to-end embed). Shards are still written in plan order.
     ``todo`` lists ``(batch, item positions)``: a resumed batch whose inputs partly changed computes
     only those items and keeps the others' rows from its shard.
     """
@@ -425,8 +442,8 @@ class _Runner:
         self.loader = self._loader(processor) if processor is not None else None
         self.started: dict[int, tuple] = {}
         self.computed = 0
-        biggest = max(1, max([e - s for s, e in plan["batches"]] or [1]))
-        self.window = max(2, PREFETCH_IMAGES // biggest)
+        self.biggest = max(1, max([e - s for s, e in plan["batches"]] or [1]))
+        self.window = max(2, PREFETCH_IMAGES // self.biggest)
 
     def _loader(self, processor):
         from .images import ImageLoader
@@ -451,10 +468,18 @@ class _Runner:
             if k not in self.started and kind == "image":
                 self.started[k] = (values, self.loader.submit(values))
 
-    def _finish(self, encoder, k: int, idx: list[int]) -> int:
+    def _submit(self, pool: ThreadPoolExecutor, encoder, k: int, idx: list[int], chunk: int) -> list[Future]:
+        """Start encoding batch ``k`` (its decoding already submitted) as chunks of ``chunk`` inputs."""
         kind, values = self._kind_values(k, idx)
-        values, futures = self.started.pop(k) if kind == "image" else (values, None)
-        embeds, ok, errors, keys = encode_batch(encoder, self.loader, kind, values, futures)
+        values, futures = self.started[k] if kind == "image" else (values, None)
+        return [pool.submit(encode_batch, encoder, self.loader, kind, values[i:i + chunk],
+                            None if futures is None else futures[i:i + chunk])
+                for i in range(0, len(values), chunk)]
+
+    def _finish(self, k: int, idx: list[int], parts: list[Future]) -> int:
+        """Wait for batch ``k``'s chunks and write its shard; → the number of inputs computed."""
+        embeds, ok, errors, keys = _join_chunks([part.result() for part in parts])
+        self.started.pop(k, None)
         s, e = self.plan["batches"][k]
         old = self.kept.get(k)
         shard = _merge(e - s, old, idx, np.asarray(embeds, np.float32), ok, errors, keys,
@@ -466,15 +491,26 @@ class _Runner:
         return len(idx)
 
     def run(self, encoder, progress) -> None:
-        """Encode every pending batch in order, keeping the prefetch window full."""
+        """Encode every pending batch, writing the shards in order, keeping the prefetch window full."""
         if self.loader is None:
             self.loader = self._loader(encoder.processor)
         pause = _test_shard_pause
-        for j, (k, idx) in enumerate(self.todo):
-            self.prefetch(j)
-            progress.update(self._finish(encoder, k, idx))
-            if pause:
-                time.sleep(pause)
+        with encoder.lanes() as (lanes, setup):
+            chunk = self.biggest if lanes == 1 else LANE_CHUNK
+            ahead = min(self.window, max(2, -(-2 * lanes * chunk // self.biggest)))  # batches in the lanes' queue
+            pool = ThreadPoolExecutor(lanes, thread_name_prefix="clip-zoo-lane", initializer=setup)
+            try:
+                running: dict[int, list[Future]] = {}
+                for j, (k, idx) in enumerate(self.todo):
+                    self.prefetch(j)
+                    for k2, idx2 in self.todo[j:j + ahead]:
+                        if k2 not in running:
+                            running[k2] = self._submit(pool, encoder, k2, idx2, chunk)
+                    progress.update(self._finish(k, idx, running.pop(k)))
+                    if pause:
+                        time.sleep(pause)
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
 
     def close(self) -> None:
         """Stop the decoding threads (queued work is cancelled)."""

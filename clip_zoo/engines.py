@@ -9,12 +9,13 @@ torch, flax, tf. Model choice: a path (any checkpoint format ``conversion`` read
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -22,12 +23,14 @@ from .console import import_framework
 from .errors import CLIZooError
 
 __all__ = ["FRAMEWORKS", "installed_frameworks", "resolve_framework", "resolve_model", "load_encoder", "Encoder",
-           "early_processor", "max_threads", "check_threads", "threads_arg"]
+           "early_processor", "max_threads", "check_threads", "threads_arg", "lane_split"]
 
 FRAMEWORKS = ("torch", "flax", "tf")  # default preference order
 _MODULES = {"torch": ("torch", "clip_torch"), "flax": ("flax", "clip_flax"), "tf": ("tensorflow", "clip_tf")}
 _ALIASES = {"pytorch": "torch", "jax": "flax", "tensorflow": "tf", "keras": "tf"}
 ENV_FRAMEWORK = "CLIP_ZOO_FRAMEWORK"
+#: Most concurrent forward calls :meth:`Encoder.lanes` splits a framework's threads into.
+MAX_LANES = 4
 
 
 def max_threads() -> int:
@@ -62,6 +65,13 @@ def check_threads(threads: Optional[int]) -> Optional[int]:
         if problem:
             raise CLIZooError(f"--threads {problem}, pass a number in that range")
     return threads
+
+
+def lane_split(threads: int) -> tuple[int, int]:
+    """``(lanes, threads per lane)``: the most lanes, up to :data:`MAX_LANES`, that share ``threads`` evenly
+    (2 → 2 x 1, 6 → 3 x 2, 8 → 4 x 2, 7 → 1 x 7)."""
+    lanes = max(n for n in range(1, min(max(1, threads), MAX_LANES) + 1) if threads % n == 0)
+    return lanes, max(1, threads) // lanes
 
 
 def _installed(name: str) -> bool:
@@ -245,6 +255,15 @@ class Encoder:
         """A top-level model parameter (``logit_scale`` ...) as numpy."""
         return np.asarray(getattr(self.model, name))
 
+    @contextlib.contextmanager
+    def lanes(self) -> Iterator[tuple[int, Optional[Callable[[], None]]]]:
+        """For throughput: split the framework's intra-op threads into concurrent forward calls.
+
+        Yields ``(lanes, setup)``: up to ``lanes`` threads may call the encode methods at once, each
+        running ``setup()`` (when not ``None``) first. The threads are restored on exit. The base class
+        keeps one call at a time on all of the framework's threads (``(1, None)``)."""
+        yield 1, None
+
     def encode_images(self, pixel_values: np.ndarray) -> np.ndarray:
         """``(N, 3, H, W)`` float32 → ``(N, D)`` L2-normalized float32."""
         from clip_core.zero_shot import l2_normalize
@@ -270,6 +289,26 @@ class TorchEncoder(Encoder):
         if threads:
             import torch
 
+            torch.set_num_threads(threads)
+
+    @contextlib.contextmanager
+    def lanes(self) -> Iterator[tuple[int, Optional[Callable[[], None]]]]:
+        """The most lanes (up to ``MAX_LANES``) that share torch's threads evenly: 2 threads give 2 lanes of
+        1, 8 give 4 of 2, a prime number above ``MAX_LANES`` gives 1 lane. An op's threads then wait only
+        for their own lane, not for a core another lane or a decoding thread holds (docs/design.md,
+        end-to-end embed). ``setup`` sets the calling thread's own OpenMP thread count, which a new
+        thread otherwise takes from the environment, not from torch."""
+        import torch
+
+        threads = torch.get_num_threads()
+        lanes, per_lane = lane_split(threads)
+        if lanes == 1:
+            yield 1, None
+            return
+        torch.set_num_threads(per_lane)
+        try:
+            yield lanes, functools.partial(torch.set_num_threads, per_lane)
+        finally:
             torch.set_num_threads(threads)
 
     def _image_features(self, pixel_values):

@@ -136,3 +136,44 @@ def test_embed_decodes_at_a_lower_priority(tmp_path, model, monkeypatch):
     finally:
         loader.close()
     assert seen == [base]
+
+
+def test_lane_split_shares_threads_evenly():
+    from clip_zoo.engines import MAX_LANES, lane_split
+
+    assert [lane_split(n) for n in (1, 2, 3, 4, 5, 6, 7, 8, 16)] == [
+        (1, 1), (2, 1), (3, 1), (4, 1), (1, 5), (3, 2), (1, 7), (4, 2), (4, 4)]
+    assert all(lanes <= MAX_LANES and lanes * per == n for n in range(1, 65) for lanes, per in [lane_split(n)])
+
+
+def test_lanes_give_the_one_thread_output(tmp_path, folder, model, capsys, monkeypatch):
+    """With two torch threads, embed encodes each batch as chunks of ``LANE_CHUNK`` on two single-threaded
+    lanes: the output (rows, index, skipped files, in plan order) equals a ``--threads 1`` run's, and torch's
+    thread count is restored afterwards."""
+    import torch
+
+    from clip_zoo import embed
+
+    one = tmp_path / "one.npy"
+    assert main(_args(folder, model, one)) == 0
+    calls = []
+    real = embed.encode_batch
+
+    def spy(encoder, loader, kind, values, futures=None):
+        calls.append((threading.current_thread().name, len(values), torch.get_num_threads()))
+        return real(encoder, loader, kind, values, futures)
+
+    monkeypatch.setattr(embed, "encode_batch", spy)
+    two = tmp_path / "two.npy"
+    args = _args(folder, model, two)
+    args[args.index("--threads") + 1] = "2"
+    assert main(args) == 0
+    capsys.readouterr()
+    assert torch.get_num_threads() == 2  # --threads 2, restored after the lanes ran at 1 each
+    assert {n for n, _, _ in calls} <= {"clip-zoo-lane_0", "clip-zoo-lane_1"}
+    assert max(size for _, size, _ in calls) == embed.LANE_CHUNK and {t for _, _, t in calls} == {1}
+    assert len(calls) == sum(-(-min(BATCH, N_IMAGES + 2 - s) // embed.LANE_CHUNK) for s in range(0, N_IMAGES + 2, BATCH))
+    emb1, index1, meta1 = _outputs(one)
+    emb2, index2, meta2 = _outputs(two)
+    np.testing.assert_allclose(emb2, emb1, rtol=0, atol=1e-6)
+    assert index2 == index1 and meta2["skipped"] == meta1["skipped"] and len(meta1["skipped"]) == 2
