@@ -11,15 +11,16 @@ load, decoding, preprocessing, encoding and writing the output all included), in
   in batches of 32 under ``torch.no_grad()``, then L2-normalize (float32);
 - ``hf_per_image``: the same, one image at a time (full mode only, or ``--per-image``; first round only).
 
-Next to each ``clip_zoo_<precision>`` run, a ``bare_<precision>`` subprocess measures what the pipeline
-cannot go below: it decodes and preprocesses the same images in one thread first (``decode_cpu``: CPU
+Next to each ``clip_zoo_<precision>`` run, a ``bare_<precision>`` subprocess measures the pipeline's parts
+one by one: it decodes and preprocesses the same images in one thread first (``decode_cpu``: CPU
 seconds), then times ``import torch, clip_torch`` (``import``), the model load at that precision
 (``load``, through ``clip_zoo.engines.load_encoder`` as the CLI loads it, so with the same malloc
 thresholds: clip_zoo/memory.py), and ``model.get_image_features`` on the already-preprocessed pixel batches of the CLI's batch
 size (``bare_forward``, wall and CPU seconds). ``wall_over_bare_forward_<precision>`` = the median over
 rounds of clip-zoo's wall time / the bare forward time run right after it (target <= 1.10: decoding, preprocessing, imports and writing hide behind
-the forward); ``floor_over_bare_forward_<precision>`` is the best that ratio can be on this machine when
-the start-up (import + load) is serial and the decode left after it costs CPU the forward then lacks:
+the forward); ``floor_over_bare_forward_<precision>`` is what that ratio would be with the bare forward when
+the start-up (import + load) is serial and the decode left after it costs CPU the forward then lacks
+(embed's torch lanes run the same forward faster than the bare loop of batches, so embed can beat it):
 ``(startup + bare_forward + max(0, decode_cpu - startup * (cores - 1)) / cores) / bare_forward``.
 
 All read the same canonical checkpoint (random weights, ``conversion.save_canonical``). Before any
