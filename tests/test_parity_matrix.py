@@ -63,6 +63,17 @@ def _results_file():
         f"canonical/{a}/{b}/fp32" for a, b in FULL}
     save_results(RESULTS, keys, "clip")
     shutil.rmtree(_workdir(), ignore_errors=True)
+    clear_caches(globals())
+    FLAX_JIT.clear()
+
+
+def clear_caches(namespace: dict) -> None:
+    """Empty every ``functools.lru_cache`` defined in the module of ``namespace`` (its work dir is removed
+    with them): otherwise the full-size weights, reference models and outputs stay in the worker's memory
+    for the rest of the run (several GB per matrix module)."""
+    for value in list(namespace.values()):
+        if hasattr(value, "cache_clear") and getattr(value, "__module__", None) == namespace["__name__"]:
+            value.cache_clear()
 
 
 def save_results(results: dict, keys: set, family: str) -> None:

@@ -28,7 +28,7 @@ from clip_core.siglip_presets import get_siglip_config
 from clip_core.testing import random_weights, tiny_siglip_config
 from clip_zoo import parity as P
 
-from test_parity_matrix import BACKENDS, _hf_outputs, check_cell, save_results
+from test_parity_matrix import BACKENDS, _hf_outputs, check_cell, clear_caches, save_results
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -51,6 +51,7 @@ def _results_file():
     yield
     save_results(RESULTS, {_key(*c) for c in CELLS} | {_key("canonical", a, b) for a, b in FULL}, "siglip")
     shutil.rmtree(_workdir(), ignore_errors=True)
+    clear_caches(globals())
 
 
 @functools.lru_cache(maxsize=None)
