@@ -29,7 +29,9 @@ if importlib.util.find_spec("torchvision") is not None:  # must precede any tens
 import pytest
 
 from clip_core.testing import random_weights, tiny_resnet_config, tiny_vit_config
+from clip_zoo.memory import _glibc
 
+_GLIBC = ctypes.CDLL(None) if _glibc() else None
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -42,15 +44,6 @@ def _return_freed_memory():
     if _GLIBC is not None:
         _GLIBC.malloc_trim(0)
 
-
-def _glibc():
-    try:
-        return ctypes.CDLL(None) if os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc") else None
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-_GLIBC = _glibc()
 
 BACKEND_MODULES = {"torch": ("torch", "clip_torch"), "tf": ("tensorflow", "clip_tf"), "flax": ("flax", "clip_flax")}
 
