@@ -57,6 +57,11 @@ def matmul_gflops(n: int = 2048, repeats: int = 5, framework: str = "numpy") -> 
     return 2 * n ** 3 / t / 1e9
 
 
+#: The instruction sets that decide which precision is fast (bf16, int8), recorded with every result.
+_ISA_FLAGS = frozenset({"avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
+                        "asimddp", "i8mm", "bf16"})
+
+
 def environment() -> dict[str, Any]:
     """CPU, threads and library versions, recorded with every result."""
     import importlib.metadata as md
@@ -76,7 +81,10 @@ def environment() -> dict[str, Any]:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
-    return {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
+    from clip_core.cpu import cpu_flags
+
+    isa = sorted((cpu_flags() or frozenset()) & _ISA_FLAGS)
+    return {"cpu": cpu, "cpus": os.cpu_count(), "isa": isa, "python": platform.python_version(),
             "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if os.environ.get(k)},
             "versions": versions, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

@@ -9,12 +9,17 @@ ones on a fixed probe batch (:func:`probe_inputs`); otherwise loading refuses wi
 """
 from __future__ import annotations
 
+import inspect
+import os
+import warnings
 from typing import Optional
 
 import numpy as np
 
+from .cpu import native_bf16
+
 __all__ = ["PRECISIONS", "MIN_COSINE", "PrecisionError", "check_precision", "probe_inputs", "check_embeddings",
-           "min_cosine", "numpy_probe", "verify_precision"]
+           "min_cosine", "numpy_probe", "verify_precision", "PrecisionWarning", "warn_if_emulated"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
 #: The least cosine similarity to the fp32 embeddings a precision must keep on every probe row.
@@ -24,6 +29,37 @@ _ALIASES = {"float32": "fp32", "bfloat16": "bf16", "qint8": "int8", None: "fp32"
 
 class PrecisionError(ValueError):
     """A precision this model or backend cannot run within its accuracy bound."""
+
+
+class PrecisionWarning(UserWarning):
+    """A precision that keeps its accuracy bound but runs slower than fp32 on this CPU."""
+
+
+_LIBRARY = tuple(os.path.join(os.path.dirname(os.path.dirname(__file__)), package, "")
+                 for package in ("clip_core", "clip_torch", "clip_tf", "clip_flax", "conversion"))
+
+
+def _caller_stacklevel() -> int:
+    """The ``warnings.warn`` stacklevel, from this function's caller, of the first frame outside the model
+    packages: the line of the user (or of ``clip_zoo``) that asked for the model."""
+    frame, level = inspect.currentframe(), 0
+    while frame is not None and frame.f_code.co_filename.startswith(_LIBRARY):
+        frame, level = frame.f_back, level + 1
+    return max(level, 1)
+
+
+def warn_if_emulated(precision: str, where: str) -> bool:
+    """Warn (:class:`PrecisionWarning`, at the first caller outside the model packages) when ``precision`` is
+    bf16 and this CPU has no bfloat16 instructions (:func:`clip_core.cpu.native_bf16` is False): the frameworks
+    emulate it there, slower than fp32. Returns whether it warned."""
+    if precision != "bf16" or native_bf16() is not False:
+        return False
+    warnings.warn(f"{where}: this CPU has no bfloat16 instructions (its flags lack avx512_bf16, amx_bf16 and bf16), "
+                  "so bf16 is emulated and runs slower than fp32 here; for speed use precision='fp32', or int8 "
+                  "(clip_torch, or ONNX Runtime after `clip-zoo export --int8`). To silence: "
+                  "warnings.filterwarnings('ignore', category=clip_core.precision.PrecisionWarning)",
+                  PrecisionWarning, stacklevel=_caller_stacklevel())
+    return True
 
 
 def check_precision(precision: Optional[str], offered: tuple[str, ...] = PRECISIONS, where: str = "") -> str:

@@ -19,7 +19,7 @@ from conversion.pretrained import finish, init_weights, load_pretrained, output_
 from clip_core.config import num_labels_of, with_labels
 from clip_core.families import as_model_config
 from clip_core.schema import from_backend, to_backend
-from clip_core.precision import check_precision, verify_precision
+from clip_core.precision import check_precision, verify_precision, warn_if_emulated
 
 from . import modules as M
 from .text_speed import trim_text_inputs
@@ -146,6 +146,7 @@ class FlaxCLIPPreTrainedModel:
         kwargs.pop("input_shape", None), kwargs.pop("seed", None)
         param_dtype = kwargs.pop("param_dtype", jnp.float32)
         precision = check_precision(kwargs.pop("precision", None), ("fp32", "bf16"), "clip_flax")
+        warn_if_emulated(precision, "clip_flax")
         if kwargs:
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(kwargs)}")
         dtype = jnp.bfloat16 if precision == "bf16" else dtype

@@ -16,7 +16,7 @@ from clip_core.config import CLIPConfig, num_labels_of, with_labels
 from clip_core.families import as_model_config, family_of
 from clip_core.outputs import (CLIPOutput, CLIPTextModelOutput, CLIPVisionModelOutput, ImageClassifierOutput)
 from clip_core.schema import from_backend, to_backend
-from clip_core.precision import check_precision, verify_precision
+from clip_core.precision import check_precision, verify_precision, warn_if_emulated
 
 from .primitives import Dense, float32_products, named_variables, param, policy_dtype
 from .resnet import ModifiedResNet
@@ -132,6 +132,7 @@ class CLIPPreTrainedModel(keras.Model):
         and ViT image paths compile with XLA (see :meth:`_compiled`)."""
         loaded = load_pretrained(path, cls.part, kwargs, config=config, num_labels=num_labels, cls_name=cls.__name__)
         precision = check_precision(kwargs.pop("precision", None), ("fp32", "bf16"), "clip_tf")
+        warn_if_emulated(precision, "clip_tf")
         unknown = set(kwargs) - _CONSTRUCTOR_KWARGS
         if unknown:
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(unknown)}")

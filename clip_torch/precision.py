@@ -8,6 +8,8 @@
   per tensor. oneDNN's int8 linear (AMX / AVX512-VNNI) runs them where torch has it, with the
   dequantization, bias and MLP activation in the same kernel; fbgemm's dynamic quantized linear is
   the fallback. Embeddings, convolutions (ResNet), LayerNorm, softmax and the projections stay float32.
+  On x86 without VNNI the activations use 7 bits (:func:`clip_core.cpu.int8_saturates`).
+- bf16 on a CPU without bfloat16 instructions warns (:func:`clip_core.precision.warn_if_emulated`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from clip_core.precision import PRECISIONS, PrecisionError, check_embeddings, check_precision, probe_inputs
+from clip_core.cpu import int8_saturates
+from clip_core.precision import (PRECISIONS, PrecisionError, check_embeddings, check_precision, probe_inputs,
+                                 warn_if_emulated)
 
 from .layers import CLIPMLP, CLIPAttention, LayerNorm
 
@@ -65,12 +69,12 @@ _FUSED_ACTIVATIONS = {"quick_gelu": ("swish", "", 1.702), "gelu": ("gelu", "none
                       "relu": ("relu", "", 1.0)}
 
 
-def _quantize_u8(x: torch.Tensor, lo: float, hi: float) -> tuple[torch.Tensor, float, int]:
-    """``x`` (N, I) float32 with values in [lo, hi] -> (uint8 (N, I), scale, zero point): per-tensor
-    asymmetric, range including 0."""
+def _quantize_u8(x: torch.Tensor, lo: float, hi: float, top: int = 255) -> tuple[torch.Tensor, float, int]:
+    """``x`` (N, I) float32 with values in [lo, hi] -> (uint8 (N, I) codes in [0, top], scale, zero point):
+    per-tensor asymmetric, range including 0. ``top`` = 127 gives 7-bit codes (see ``int8_saturates``)."""
     lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max((hi - lo) / 255.0, 1e-12)
-    zero = min(255, max(0, round(-lo / scale)))
+    scale = max((hi - lo) / top, 1e-12)
+    zero = min(top, max(0, round(-lo / scale)))
     quantize = _fused_u8 if _QUANTIZE_FUSED else _plain_u8
     return quantize(x, scale, zero), scale, zero
 
@@ -130,6 +134,7 @@ class Int8Linear(nn.Module):
         scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # (O,)
         if self.kernel == "onednn":
             self._post = _FUSED_ACTIVATIONS[activation][:2] if activation else ("none", "")
+            self._top = 127 if int8_saturates() else 255  # 7-bit activations where u8 x s8 pairs saturate int16
             q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (O, I)
             self._packed = torch.ops.onednn.qlinear_prepack(q, None)
             self._scale, self._zero, self._bias = scale.float(), torch.zeros_like(scale, dtype=torch.long), bias
@@ -158,7 +163,7 @@ class Int8Linear(nn.Module):
             y[~bad] = self._rows(x[~bad])
             return y
         if self.kernel == "onednn":
-            xq, scale, zero = _quantize_u8(x, lo, hi)
+            xq, scale, zero = _quantize_u8(x, lo, hi, self._top)
             return torch.ops.onednn.qlinear_pointwise(xq, scale, zero, self._packed, self._scale, self._zero,
                                                       self._bias, 1.0, 0, torch.float32, self._post[0], [],
                                                       self._post[1])
@@ -166,6 +171,7 @@ class Int8Linear(nn.Module):
 
     def extra_repr(self) -> str:
         act = f", activation={self.activation}" if self.activation else ""
+        act += ", 7-bit activations" if getattr(self, "_top", 255) == 127 else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 ({self.kernel}){act}"
 
 
@@ -246,6 +252,7 @@ def apply_precision(model: Any, precision: Optional[str], check: bool = True) ->
     if next(model.parameters()).dtype != torch.float32:
         raise ValueError(f"precision={precision!r} converts a float32 model; this one is "
                          f"{next(model.parameters()).dtype} (load it with dtype=None)")
+    warn_if_emulated(precision, "clip_torch")
     inputs = probe_inputs(model.config) if check else None
     reference = _probe(model, inputs) if check else None
     (_to_bf16 if precision == "bf16" else _to_int8)(model)

@@ -232,6 +232,19 @@ def test_classify_precision_stays_near_fp32(capsys, tiny_model, image_dir, frame
     assert 0 < diff <= 0.02, f"{framework} {precision}: largest probability change {diff}"
 
 
+@pytest.mark.filterwarnings("default::clip_core.precision.PrecisionWarning")
+def test_bf16_without_bf16_instructions_warns_in_one_line(capsys, tiny_model, image_dir, monkeypatch):
+    """On a CPU that would emulate bf16, ``--precision bf16`` still runs, with one line saying it is slower there."""
+    from clip_core import precision as P
+
+    monkeypatch.setattr(P, "native_bf16", lambda: False)
+    rc, out, err = run_cli(capsys, "classify", *sorted(image_dir.glob("[0-9]_*.png")), "--labels", "a,b",
+                           "--model", tiny_model, "--framework", "torch", "--precision", "bf16")
+    lines = [line for line in err.splitlines() if "bfloat16" in line]
+    assert rc == 0 and out and len(lines) == 1, err
+    assert lines[0].startswith("clip-zoo: warning: clip_torch: this CPU has no bfloat16 instructions")
+
+
 def test_int8_outside_torch_is_one_line_error(capsys, tiny_model, image_dir):
     rc, _, err = run_cli(capsys, "classify", image_dir, "--labels", "a,b", "--model", tiny_model,
                          "--framework", "tf", "--precision", "int8")

@@ -4,6 +4,8 @@ bundled model, agrees with fp32's zero-shot top-1 on 1,000 generated images, and
 message — where it is not offered or misses its bound."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -61,6 +63,43 @@ def test_a_missed_bound_refuses(backend, checkpoints, monkeypatch):
     monkeypatch.setitem(P.MIN_COSINE, "bf16", 1.0)  # no lower precision can reach it
     with pytest.raises(P.PrecisionError, match=r"below the bound 1\.0; use precision='fp32'"):
         backend.CLIPModel.from_pretrained(checkpoints["tiny-vit"], precision="bf16")
+
+
+X86_AVX2 = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx avx2 fma\n\nprocessor\t: 1\n"
+X86_BF16 = "processor\t: 0\nflags\t\t: avx2 avx512f avx512bw avx512_vnni avx512_bf16 amx_tile\n"
+ARM_BF16 = "processor\t: 0\nFeatures\t: fp asimd asimddp sve i8mm bf16\nCPU implementer\t: 0x41\n"
+ARM_PLAIN = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 crc32\n"
+
+
+@pytest.mark.parametrize("text, native", [(X86_AVX2, False), (X86_BF16, True), (ARM_BF16, True), (ARM_PLAIN, False),
+                                          ("processor\t: 0\n", None)])
+def test_bf16_support_is_read_from_the_cpu_flags(text, native):
+    from clip_core import cpu
+
+    assert cpu.has_bf16(cpu.parse_cpuinfo(text)) is native
+
+
+@pytest.mark.parametrize("native", [False, True, None])
+def test_bf16_warns_where_the_cpu_would_emulate_it(backend, checkpoints, monkeypatch, native):
+    """bf16 on a CPU without bfloat16 instructions loads (within its bound) with a :class:`PrecisionWarning` that
+    says it runs slower than fp32 there; a CPU with them, or one whose flags are unknown, gets no warning."""
+    monkeypatch.setattr(P, "native_bf16", lambda: native)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        model = backend.CLIPModel.from_pretrained(checkpoints["tiny-vit"], precision="bf16")
+    ours = [w for w in seen if issubclass(w.category, P.PrecisionWarning)]
+    assert model is not None and len(ours) == (native is False), [str(w.message) for w in ours]
+    if ours:
+        assert f"clip_{framework_name(backend)}: this CPU has no bfloat16 instructions" in str(ours[0].message)
+        assert "slower than fp32" in str(ours[0].message) and ours[0].filename == __file__  # the caller's line
+
+
+def test_int8_does_not_warn_without_bf16(checkpoints, monkeypatch):
+    torch_backend = backend_module("torch")
+    monkeypatch.setattr(P, "native_bf16", lambda: False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", P.PrecisionWarning)
+        torch_backend.CLIPModel.from_pretrained(checkpoints["tiny-vit"], precision="int8")
 
 
 def test_unknown_precision_is_named():
@@ -121,6 +160,42 @@ def test_int8_mlp_matches_the_float_mlp(act, kernel):
         ref, out = mlp(x), Int8MLP(mlp, kernel)(x)
     err = float((out - ref).norm() / ref.norm())
     assert 1e-4 < err <= 0.04, f"{act} through {kernel}: relative error {err}"
+
+
+@pytest.mark.parametrize("flags, machine, saturates", [
+    (frozenset({"avx2", "fma"}), "x86_64", True), (frozenset({"avx2", "avx_vnni"}), "x86_64", False),
+    (frozenset({"avx512f", "avx512_vnni"}), "x86_64", False), (None, "x86_64", True),
+    (frozenset({"asimd"}), "aarch64", False)])
+def test_int8_saturation_is_read_from_the_cpu(flags, machine, saturates, monkeypatch):
+    from clip_core import cpu
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
+    assert cpu.int8_saturates(machine=machine) is saturates
+
+
+def test_int8_activations_use_7_bits_where_int8_products_saturate(monkeypatch):
+    """On x86 without VNNI, oneDNN adds u8 x s8 pairs into int16 with saturation: 8-bit activations against
+    large weights of the same sign (255·127·2 > 32767) come out clipped. The 7-bit codes used there keep the
+    product within 2% of float32, whatever the CPU; the codes themselves stay within 0..127."""
+    torch = pytest.importorskip("torch")
+    from clip_torch import precision as TP
+    from clip_torch.layers import Linear
+
+    if "onednn" not in _int8_kernels():
+        pytest.skip("this torch has no oneDNN int8 kernel")
+    torch.manual_seed(0)
+    linear = Linear(256, 32)
+    linear.weight.data.uniform_(0.5, 1.0)  # int8 codes near +127 ...
+    x = torch.rand(64, 256)  # ... against activations spread over every code: the worst case for int16 pairs
+    monkeypatch.setattr(TP, "int8_saturates", lambda: True)
+    q = TP.Int8Linear(linear)
+    codes = TP._quantize_u8(x, 0.0, 1.0, q._top)[0]
+    with torch.inference_mode():
+        ref, out = linear(x), q(x)
+    err = float((out - ref).norm() / ref.norm())
+    assert q._top == 127 and int(codes.max()) == 127 and err <= 0.02, (q._top, int(codes.max()), err)
+    monkeypatch.setattr(TP, "int8_saturates", lambda: False)
+    assert TP.Int8Linear(linear)._top == 255  # all 8 bits where the CPU accumulates into int32
 
 
 @pytest.mark.parametrize("kernel", ["onednn", "fbgemm"])
