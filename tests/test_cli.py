@@ -145,7 +145,20 @@ def test_models_and_info(capsys, tiny_model):
     rc, out, _ = run_cli(capsys, "models", tiny_model)
     assert rc == 0 and "format:       hf-safetensors" in out and "ViT layers=2 width=64" in out
     rc, out, _ = run_cli(capsys, "info")
-    assert rc == 0 and "torch" in out and "threads" in out
+    assert rc == 0 and "torch" in out and "threads" in out and "\nprecision     bf16 " in out
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (frozenset({"avx2"}), "bf16 emulated (slower than fp32 here); int8 with 7-bit activations (x86 without VNNI)"),
+    (frozenset({"avx512_bf16", "avx512_vnni"}), "bf16 native; int8 with 8-bit activations"),
+    (None, "bf16 unknown (CPU flags not readable); int8 with 7-bit activations (x86 without VNNI)")])
+def test_info_says_what_the_cpu_makes_of_each_precision(flags, expected, monkeypatch):
+    from clip_core import cpu
+    from clip_zoo.inspect_cmds import precision_line
+
+    monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(cpu.platform, "machine", lambda: "x86_64")
+    assert precision_line() == expected
 
 
 def test_convert_delegates_to_conversion(capsys, tmp_path, tiny_model):
