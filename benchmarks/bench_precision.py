@@ -101,6 +101,24 @@ def _onnx_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) ->
     return out
 
 
+def _litert_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) -> dict:
+    """TensorFlow's int8 (``tf_int8``): the LiteRT dynamic-range export (``clip-zoo export --to litert --int8``)
+    in the interpreter on every core, the text at the full context length its signature takes. Empty
+    without TensorFlow."""
+    try:
+        from clip_tf.export import load_exported
+    except ImportError:
+        return {}
+    target = root / "litert_int8"
+    cmd = [sys.executable, "-m", "clip_zoo", "export", str(path), str(target), "--to", "litert", "--framework", "tf",
+           "--int8"]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    image, text = load_exported(target / "image.tflite", "image"), load_exported(target / "text.tflite", "text")
+    mask = (ids != 0).astype(np.int32)
+    mask[:, 0] = 1
+    return {"tf_int8": (lambda: image(pixel_values=px), lambda: text(input_ids=ids, attention_mask=mask))}
+
+
 def _openvino_contenders(root: Path, px: np.ndarray, ids: np.ndarray) -> dict:
     """OpenVINO on the fp32 ONNX graphs (written by :func:`_onnx_contenders`), precision hint f32 and bf16;
     text columns padded in every row trimmed as the ONNX engine does. Empty when OpenVINO is missing."""
@@ -257,6 +275,7 @@ def main(argv=None) -> int:
         for backend in ("clip_flax", "clip_tf"):
             pairs.update(_numpy_contenders(backend, path, px, ids))
         pairs.update(_onnx_contenders(path, px, ids, root))
+        pairs.update(_litert_contenders(path, px, ids, root))
         pairs.update(_openvino_contenders(root, px, ids))
         flops = _flops(path, px, ids)
         setup = time.perf_counter() - start

@@ -42,12 +42,12 @@ def _timings(node: Any, prefix: str = "") -> Iterator[tuple[str, dict]]:
 
 
 def _precision_targets(case: str, what: str) -> list[tuple]:
-    """The precision rows of one case: each backend's bf16 (and torch's int8) against its own fp32, and
-    against the runtime at the same precision (ONNX Runtime int8; OpenVINO bf16, as ONNX Runtime has no
-    bfloat16 CPU path)."""
+    """The precision rows of one case: each backend's bf16 (and the int8 of torch and of TensorFlow's LiteRT
+    export) against its own fp32, and against the runtime at the same precision (ONNX Runtime int8; OpenVINO
+    bf16, as ONNX Runtime has no bfloat16 CPU path). A row whose ratio the run lacks is left out."""
     rows = []
     for backend, precision, target in (("torch", "bf16", 1.8), ("torch", "int8", 2.5), ("tf", "bf16", 1.8),
-                                       ("flax", "bf16", 1.8)):
+                                       ("tf", "int8", 2.5), ("flax", "bf16", 1.8)):
         own = "torch_fp32" if backend == "torch" else f"{backend}_fp32"
         key = f"{case}_{backend}_{precision}_vs_{own}"
         rows.append(("precision", f"{backend} {precision} {what} vs our {backend} fp32",

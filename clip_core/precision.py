@@ -70,8 +70,8 @@ def check_precision(precision: Optional[str], offered: tuple[str, ...] = PRECISI
         raise PrecisionError(f"unknown precision {precision!r}, choose one of {', '.join(PRECISIONS)}")
     if name not in offered:
         raise PrecisionError(f"precision {name!r} is not offered by {where or 'this backend'} (it offers "
-                             f"{', '.join(offered)}); int8 runs in clip_torch, or in ONNX Runtime after "
-                             "`clip-zoo export --int8`")
+                             f"{', '.join(offered)}); int8 runs in clip_torch, in ONNX Runtime after "
+                             "`clip-zoo export --int8`, or in LiteRT after `clip-zoo export --to litert --int8`")
     return name
 
 

@@ -95,7 +95,7 @@ def export_onnx(model, directory: PathLike, parts: Sequence[str] = PARTS,
     return out
 
 
-def export_litert(model, directory: PathLike, parts: Sequence[str] = PARTS) -> dict[str, str]:
+def export_litert(model, directory: PathLike, parts: Sequence[str] = PARTS, int8: bool = False) -> dict[str, str]:
     """LiteRT from JAX needs jax2tf + the TF converter, which clip-zoo does not support: export from TensorFlow."""
     raise NotImplementedError("LiteRT export is available from TensorFlow only: use --framework tf")
 

@@ -110,15 +110,20 @@ def export_onnx(model, directory: PathLike, parts: Sequence[str] = PARTS,
     return out
 
 
-def export_litert(model, directory: PathLike, parts: Sequence[str] = PARTS) -> dict[str, str]:
+def export_litert(model, directory: PathLike, parts: Sequence[str] = PARTS, int8: bool = False) -> dict[str, str]:
     """Write ``{part}.tflite`` (LiteRT builtin ops only, no Flex) from a full-length SavedModel; returns
-    ``{part: file name}``. The signature keeps the SavedModel's name and input / output names."""
+    ``{part: file name}``. The signature keeps the SavedModel's name and input / output names.
+
+    ``int8``: LiteRT's dynamic-range quantization (``Optimize.DEFAULT`` without a representative dataset):
+    weights int8 per output channel, activations quantized per call by the kernels, float32 in and out."""
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
         export_saved_model(model, Path(tmp) / "sm", full_length=True, parts=parts)
         for part in parts:
             conv = tf.lite.TFLiteConverter.from_saved_model(str(Path(tmp) / "sm"), signature_keys=[SIGNATURES[part]])
             conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+            if int8:
+                conv.optimizations = [tf.lite.Optimize.DEFAULT]
             path = Path(directory) / f"{part}.tflite"
             path.write_bytes(conv.convert())
             out[part] = path.name
@@ -126,12 +131,14 @@ def export_litert(model, directory: PathLike, parts: Sequence[str] = PARTS) -> d
 
 
 def load_exported(path: PathLike, part: str) -> Callable[..., np.ndarray]:
-    """Reload a SavedModel directory (``tf.saved_model.load``) or a ``.tflite`` file (one LiteRT interpreter):
-    a function of numpy inputs (by name) returning numpy."""
+    """Reload a SavedModel directory (``tf.saved_model.load``) or a ``.tflite`` file (one LiteRT interpreter
+    on every core, as TensorFlow runs: the interpreter's own default is one thread): a function of numpy
+    inputs (by name) returning numpy."""
     output = "text_embeds" if part == "text" else "image_embeds"
     dtype = np.int32 if part == "text" else np.float32
     if str(path).endswith(".tflite"):
-        runner = tf.lite.Interpreter(model_path=str(path)).get_signature_runner(SIGNATURES[part])
+        interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=os.cpu_count() or 1)
+        runner = interpreter.get_signature_runner(SIGNATURES[part])
         return lambda **arrays: runner(**{k: np.asarray(v, dtype) for k, v in arrays.items()})[output]
     loaded = tf.saved_model.load(str(path))  # kept alive by the closure: the signature needs its variables
 

@@ -164,7 +164,7 @@ def export_native(model, directory: PathLike, parts: Sequence[str] = PARTS, dtyp
     return out
 
 
-def export_litert(model, directory: PathLike, parts: Sequence[str] = PARTS) -> dict[str, str]:
+def export_litert(model, directory: PathLike, parts: Sequence[str] = PARTS, int8: bool = False) -> dict[str, str]:
     """LiteRT from PyTorch needs ai-edge-torch, which clip-zoo does not support: export from TensorFlow."""
     raise NotImplementedError("LiteRT export is available from TensorFlow only: use --framework tf")
 

@@ -42,7 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--parts", default="text,image", help="towers to export: text, image or text,image (default)")
     p.add_argument("--dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
                    help="weights and compute dtype (fp16 / bf16: --framework torch, onnx or pt2; float32 in and out)")
-    p.add_argument("--int8", action="store_true", help="ONNX only: int8 dynamic quantization (onnxruntime)")
+    p.add_argument("--int8", action="store_true", help="int8 weights, activations quantized per call: ONNX "
+                   "(onnxruntime's dynamic quantization) or LiteRT (its dynamic-range quantization)")
     p.add_argument("--opset", type=int, default=None, help="ONNX opset (default: the exporter's)")
     p.set_defaults(run=run)
 
@@ -72,8 +73,8 @@ def _parts(text: str) -> tuple[str, ...]:
 
 def _check_precision(args: argparse.Namespace, framework: str) -> None:
     """``--int8`` / ``--dtype`` only where a runtime can run the result."""
-    if args.int8 and (args.to != "onnx" or args.dtype != "fp32"):
-        raise CLIZooError("--int8 works with --to onnx and fp32 only, drop --int8 or pass --to onnx")
+    if args.int8 and (args.to not in ("onnx", "litert") or args.dtype != "fp32"):
+        raise CLIZooError("--int8 works with --to onnx or litert and fp32 only, drop --int8 or pass --to onnx")
     if args.dtype != "fp32" and (framework != "torch" or args.to not in ("onnx", "pt2")):
         raise CLIZooError(f"--dtype {args.dtype} is exported from torch to onnx or pt2 only, "
                           "pass --framework torch or drop --dtype")
@@ -132,12 +133,12 @@ def run(args: argparse.Namespace) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        kwargs = {"opset": args.opset} if args.to == "onnx" else {}
+        kwargs = {"opset": args.opset} if args.to == "onnx" else {"int8": True} if args.int8 else {}
         if args.dtype != "fp32":
             kwargs["dtype"] = args.dtype
         print(f"exporting {', '.join(parts)} from {framework} to {args.to} ...", file=sys.stderr)
         files = getattr(backend_export, FORMATS[args.to][1])(encoder.model, tmp, parts=parts, **kwargs)
-        if args.int8:
+        if args.int8 and args.to == "onnx":
             _quantize(tmp, files)
         report = verify(encoder, tmp, files, args.to, backend_export, "int8" if args.int8 else args.dtype)
         print(format_report(report))

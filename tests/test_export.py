@@ -101,6 +101,17 @@ def test_onnx_int8_holds_the_cosine_bound(capsys, tmp_path, checkpoints):
     assert report["parts"]["text"]["size_bytes"] < 0.5 * 4 * text_params  # int8 weights, not float32
 
 
+def test_litert_int8_holds_the_cosine_bound(capsys, tmp_path, checkpoints):
+    """TensorFlow's int8: LiteRT's dynamic-range quantization, checked like the ONNX int8 export."""
+    meta = _export(capsys, tmp_path, checkpoints, "litert", "tf", "default", "--int8")
+    _record("litert", "tf", "default", meta)
+    report = meta["verification"]
+    assert meta["int8"] and report["metric"] == "min_cosine" and report["bound"] == 0.99 and report["ok"]
+    assert min(min(p["cases"].values()) for p in report["parts"].values()) >= 0.99
+    text_params = sum(int(np.prod(shape)) for shape in _text_shapes(meta["config"]))
+    assert report["parts"]["text"]["size_bytes"] < 0.5 * 4 * text_params  # int8 weights, not float32
+
+
 def _text_shapes(config: dict) -> list[tuple]:
     """Shapes of the text tower's weight matrices (embeddings and per-layer projections)."""
     t = config["text_config"]
@@ -142,11 +153,11 @@ def test_unsupported_cells_say_which_framework_can(capsys, tmp_path, fmt, framew
 
 @pytest.mark.parametrize("argv,expected", [
     (["--to", "onnx", "--parts", "audio"], "--parts 'audio' is not valid"),
-    (["--to", "pt2", "--int8"], "--int8 works with --to onnx and fp32 only"),
+    (["--to", "pt2", "--int8"], "--int8 works with --to onnx or litert and fp32 only"),
     (["--to", "keras"], "invalid choice"),
     (["--to", "onnx", "--dtype", "bf16"], "do not run bf16 graphs"),
     (["--to", "onnx", "--dtype", "fp16", "--framework", "tf"], "pass --framework torch"),
-    (["--to", "onnx", "--dtype", "fp16", "--int8"], "--int8 works with --to onnx and fp32 only"),
+    (["--to", "onnx", "--dtype", "fp16", "--int8"], "--int8 works with --to onnx or litert and fp32 only"),
 ])
 def test_bad_arguments_are_one_line_errors(capsys, tmp_path, argv, expected):
     rc, _, err = run_cli(capsys, "export", "default", tmp_path / "o", *argv)
