@@ -15,7 +15,7 @@ import platform
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["cpu_flags", "native_bf16", "has_bf16", "int8_saturates", "BF16_FLAGS", "VNNI_FLAGS"]
+__all__ = ["cpu_flags", "parse_cpuinfo", "native_bf16", "has_bf16", "int8_saturates", "BF16_FLAGS", "VNNI_FLAGS"]
 
 #: Any one of these flags means the CPU multiplies bfloat16 in hardware.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
