@@ -66,14 +66,8 @@ def environment() -> dict[str, Any]:
     """CPU, threads and library versions, recorded with every result."""
     import importlib.metadata as md
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from clip_core.cpu import cpu_flags, cpu_name
+
     versions = {}
     for pkg in ("numpy", "torch", "tensorflow", "jax", "flax", "transformers", "open-clip-torch", "clip-anytorch",
                 "tokenizers", "pillow"):
@@ -81,10 +75,8 @@ def environment() -> dict[str, Any]:
             versions[pkg] = md.version(pkg)
         except md.PackageNotFoundError:
             pass
-    from clip_core.cpu import cpu_flags
-
     isa = sorted((cpu_flags() or frozenset()) & _ISA_FLAGS)
-    return {"cpu": cpu, "cpus": os.cpu_count(), "isa": isa, "python": platform.python_version(),
+    return {"cpu": cpu_name(), "cpus": os.cpu_count(), "isa": isa, "python": platform.python_version(),
             "threads": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS") if os.environ.get(k)},
             "versions": versions, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 

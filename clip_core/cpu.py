@@ -15,7 +15,8 @@ import platform
 from pathlib import Path
 from typing import Optional
 
-__all__ = ["cpu_flags", "parse_cpuinfo", "native_bf16", "has_bf16", "int8_saturates", "BF16_FLAGS", "VNNI_FLAGS"]
+__all__ = ["cpu_name", "cpu_flags", "parse_cpuinfo", "native_bf16", "has_bf16", "int8_saturates", "int8_saturates_on",
+           "BF16_FLAGS", "VNNI_FLAGS"]
 
 #: Any one of these flags means the CPU multiplies bfloat16 in hardware.
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")
@@ -36,14 +37,29 @@ def parse_cpuinfo(text: str) -> Optional[frozenset[str]]:
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_flags() -> Optional[frozenset[str]]:
-    """This CPU's feature flags (e.g. ``avx2``, ``avx512_bf16``), or None where the OS does not say (not Linux)."""
+def _cpuinfo() -> Optional[str]:
+    """The text of ``/proc/cpuinfo``, or None where there is none (not Linux) or it cannot be read."""
     if platform.system() != "Linux":
         return None
     try:
-        return parse_cpuinfo(_CPUINFO.read_text(encoding="utf-8", errors="replace"))
+        return _CPUINFO.read_text(encoding="utf-8", errors="replace")
     except OSError:
         return None
+
+
+def cpu_flags() -> Optional[frozenset[str]]:
+    """This CPU's feature flags (e.g. ``avx2``, ``avx512_bf16``), or None where the OS does not say (not Linux)."""
+    text = _cpuinfo()
+    return None if text is None else parse_cpuinfo(text)
+
+
+def cpu_name() -> str:
+    """This CPU's model name (``/proc/cpuinfo``), else what :mod:`platform` knows (e.g. ``arm``, ``x86_64``)."""
+    for line in (_cpuinfo() or "").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and key.strip().lower() == "model name" and value.strip():
+            return value.strip()
+    return platform.processor() or platform.machine()
 
 
 def has_bf16(flags: Optional[frozenset[str]]) -> Optional[bool]:
@@ -56,13 +72,16 @@ def native_bf16() -> Optional[bool]:
     return has_bf16(cpu_flags())
 
 
-def int8_saturates(flags: Optional[frozenset[str]] = None, machine: Optional[str] = None) -> bool:
-    """True on an x86 CPU without VNNI (or whose flags are unknown): there oneDNN's int8 products add pairs of
-    u8 x s8 into int16 (``vpmaddubsw``), which saturates once activations use all 8 bits (2·255·127 > 32767),
-    so activations must be quantized to 7 bits, as fbgemm's ``reduce_range`` does. ``flags`` / ``machine``
-    default to this CPU's."""
-    machine = (machine or platform.machine()).lower()
-    if machine not in _X86:
+def int8_saturates_on(flags: Optional[frozenset[str]], machine: str) -> bool:
+    """True on an x86 CPU without VNNI, or x86 whose ``flags`` are unknown (None): there oneDNN's int8 products add
+    pairs of u8 x s8 into int16 (``vpmaddubsw``), which saturates once activations use all 8 bits
+    (2·255·127 > 32767), so activations must be quantized to 7 bits, as fbgemm's ``reduce_range`` does.
+    ``machine`` is :func:`platform.machine`'s answer (``x86_64``, ``aarch64``, ...)."""
+    if machine.lower() not in _X86:
         return False
-    flags = cpu_flags() if flags is None else flags
     return flags is None or not any(flag in flags for flag in VNNI_FLAGS)
+
+
+def int8_saturates() -> bool:
+    """:func:`int8_saturates_on` of this CPU."""
+    return int8_saturates_on(cpu_flags(), platform.machine())

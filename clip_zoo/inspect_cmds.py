@@ -81,28 +81,19 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def precision_line() -> str:
     """What this CPU makes of ``--precision``: bf16 native or emulated, int8 with 8- or 7-bit activations."""
     from clip_core.cpu import int8_saturates, native_bf16
 
     bf16 = {True: "bf16 native", False: "bf16 emulated (slower than fp32 here)",
             None: "bf16 unknown (CPU flags not readable)"}[native_bf16()]
-    int8 = "int8 with 7-bit activations (x86 without VNNI)" if int8_saturates() else "int8 with 8-bit activations"
+    int8 = "int8 with 7-bit activations (x86 without VNNI found)" if int8_saturates() else "int8 with 8-bit activations"
     return f"{bf16}; {int8}"
 
 
 def run_info(args: argparse.Namespace) -> int:
+    from clip_core.cpu import cpu_name
+
     from .engines import ENV_FRAMEWORK, installed_frameworks
 
     found = installed_frameworks()
@@ -113,7 +104,7 @@ def run_info(args: argparse.Namespace) -> int:
                         ("flax", "flax"), ("optax", "optax")):
         print(f"{label:<14}{_version(dist)}")
     print(f"frameworks    {', '.join(found) or 'none'} (default: {os.environ.get(ENV_FRAMEWORK) or (found[0] if found else '-')})")
-    print(f"cpu           {_cpu_name()}; {os.cpu_count()} logical cores")
+    print(f"cpu           {cpu_name()}; {os.cpu_count()} logical cores")
     print(f"precision     {precision_line()}")
     try:
         avail = len(os.sched_getaffinity(0))

@@ -132,13 +132,9 @@ def summary_section(cells: Mapping[str, Mapping[str, Any]]) -> list[str]:
 
 
 def environment_section(env: Mapping[str, Any]) -> list[str]:
-    import platform
+    from clip_core.cpu import cpu_name
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     versions = ", ".join(f"{k} {v}" for k, v in env.items() if k not in ("machine", "cpus"))
     return ["## Machine", "", f"- CPU: {cpu} ({env.get('cpus')} cores, {env.get('machine')})",
             f"- Versions: {versions}", ""]

@@ -149,9 +149,9 @@ def test_models_and_info(capsys, tiny_model):
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (frozenset({"avx2"}), "bf16 emulated (slower than fp32 here); int8 with 7-bit activations (x86 without VNNI)"),
+    (frozenset({"avx2"}), "bf16 emulated (slower than fp32 here); int8 with 7-bit activations (x86 without VNNI found)"),
     (frozenset({"avx512_bf16", "avx512_vnni"}), "bf16 native; int8 with 8-bit activations"),
-    (None, "bf16 unknown (CPU flags not readable); int8 with 7-bit activations (x86 without VNNI)")])
+    (None, "bf16 unknown (CPU flags not readable); int8 with 7-bit activations (x86 without VNNI found)")])
 def test_info_says_what_the_cpu_makes_of_each_precision(flags, expected, monkeypatch):
     from clip_core import cpu
     from clip_zoo.inspect_cmds import precision_line

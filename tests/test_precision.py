@@ -79,6 +79,16 @@ def test_bf16_support_is_read_from_the_cpu_flags(text, native):
     assert cpu.has_bf16(cpu.parse_cpuinfo(text)) is native
 
 
+@pytest.mark.parametrize("text, name", [(X86_AVX2, "AMD EPYC"), (ARM_PLAIN, "fallback"), (None, "fallback")])
+def test_the_cpu_name_is_read_from_cpuinfo(text, name, monkeypatch):
+    from clip_core import cpu
+
+    monkeypatch.setattr(cpu, "_cpuinfo", lambda: text)
+    monkeypatch.setattr(cpu.platform, "processor", lambda: "fallback")
+    assert cpu.cpu_name() == name
+    assert cpu.cpu_flags() == (None if text is None else cpu.parse_cpuinfo(text))
+
+
 @pytest.mark.parametrize("native", [False, True, None])
 def test_bf16_warns_where_the_cpu_would_emulate_it(backend, checkpoints, monkeypatch, native):
     """bf16 on a CPU without bfloat16 instructions loads (within its bound) with a :class:`PrecisionWarning` that
@@ -169,8 +179,10 @@ def test_int8_mlp_matches_the_float_mlp(act, kernel):
 def test_int8_saturation_is_read_from_the_cpu(flags, machine, saturates, monkeypatch):
     from clip_core import cpu
 
+    assert cpu.int8_saturates_on(flags, machine) is saturates
     monkeypatch.setattr(cpu, "cpu_flags", lambda: flags)
-    assert cpu.int8_saturates(machine=machine) is saturates
+    monkeypatch.setattr(cpu.platform, "machine", lambda: machine)
+    assert cpu.int8_saturates() is saturates
 
 
 def test_int8_activations_use_7_bits_where_int8_products_saturate(monkeypatch):
