@@ -101,10 +101,19 @@ def _onnx_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) ->
     return out
 
 
+def _trimmed_text(ids: np.ndarray, dtype) -> dict[str, np.ndarray]:
+    """``input_ids`` / ``attention_mask`` without the columns padded in every row, as the ONNX engine feeds
+    an exported graph (exact under the causal mask; an export's text graph runs every column it is given:
+    at 77 columns LiteRT's text b64 took 3.5 s against 0.32 s trimmed on the AVX2 EPYC)."""
+    mask = (ids != 0).astype(dtype)
+    mask[:, 0] = 1
+    n = int(np.flatnonzero(mask.any(axis=0))[-1]) + 1
+    return {"input_ids": ids[:, :n].astype(dtype), "attention_mask": mask[:, :n]}
+
+
 def _litert_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) -> dict:
     """TensorFlow's int8 (``tf_int8``): the LiteRT dynamic-range export (``clip-zoo export --to litert --int8``)
-    in the interpreter on every core, the text at the full context length its signature takes. Empty
-    without TensorFlow."""
+    in the interpreter on every core, text columns padded in every row trimmed. Empty without TensorFlow."""
     try:
         from clip_tf.export import load_exported
     except ImportError:
@@ -114,9 +123,8 @@ def _litert_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) 
            "--int8"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     image, text = load_exported(target / "image.tflite", "image"), load_exported(target / "text.tflite", "text")
-    mask = (ids != 0).astype(np.int32)
-    mask[:, 0] = 1
-    return {"tf_int8": (lambda: image(pixel_values=px), lambda: text(input_ids=ids, attention_mask=mask))}
+    feed = _trimmed_text(ids, np.int32)
+    return {"tf_int8": (lambda: image(pixel_values=px), lambda: text(**feed))}
 
 
 def _openvino_contenders(root: Path, px: np.ndarray, ids: np.ndarray) -> dict:
@@ -127,10 +135,7 @@ def _openvino_contenders(root: Path, px: np.ndarray, ids: np.ndarray) -> dict:
     except ImportError:
         return {}
     core = openvino.Core()
-    mask = (ids != 0).astype(np.int64)
-    mask[:, 0] = 1
-    n = int(np.flatnonzero(mask.any(axis=0))[-1]) + 1
-    feeds = {"image": {"pixel_values": px}, "text": {"input_ids": ids[:, :n].astype(np.int64), "attention_mask": mask[:, :n]}}
+    feeds = {"image": {"pixel_values": px}, "text": _trimmed_text(ids, np.int64)}
     out = {}
     for hint in ("f32", "bf16"):
         calls = []
