@@ -6,7 +6,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from .primitives import Dense, LayerNorm, activation, linear, matmul, shape_list
+from .primitives import Dense, LayerNorm, activation, linear, matmul, reshape, shape_list
 
 __all__ = ["CLIPAttention", "CLIPMLP", "CLIPEncoderLayer", "CLIPEncoder"]
 
@@ -25,7 +25,7 @@ class CLIPAttention(keras.layers.Layer):
         self.built = True
 
     def _split(self, x, b, t):  # (B, T, D) -> (B, H, T, hd)
-        return tf.transpose(tf.reshape(x, [b, t, self.heads, self.head_dim]), [0, 2, 1, 3])
+        return tf.transpose(reshape(x, [b, t, self.heads, self.head_dim]), [0, 2, 1, 3])
 
     def _project(self, xq, xkv):
         """Scaled queries of ``xq`` (B, Tq, D), keys and values of ``xkv`` (B, Tk, D)."""
@@ -48,7 +48,7 @@ class CLIPAttention(keras.layers.Layer):
             scores = tf.where(attn_mask, scores, tf.float32.min)
         probs = tf.nn.softmax(scores, axis=-1)
         out = matmul(tf.cast(probs, v.dtype), v)  # (B, H, Tq, hd)
-        return self.out_proj(tf.reshape(tf.transpose(out, [0, 2, 1, 3]), [b, tq, d])), probs
+        return self.out_proj(reshape(tf.transpose(out, [0, 2, 1, 3]), [b, tq, d])), probs
 
     def call(self, x, attn_mask: Optional[tf.Tensor] = None, output_attentions: bool = False):
         out, probs = self.attend(x, x, attn_mask)

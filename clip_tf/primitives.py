@@ -16,13 +16,23 @@ import keras
 import tensorflow as tf
 
 __all__ = ["Dense", "linear", "matmul", "float32_products", "LayerNorm", "Embedding", "Conv2D", "BatchNorm",
-           "activation", "named_variables", "param", "policy_dtype", "shape_list"]
+           "activation", "named_variables", "param", "policy_dtype", "reshape", "shape_list"]
 
 
 def shape_list(x) -> list:
     """The shape of ``x`` with static dimensions as ints and unknown ones as scalar tensors."""
     dynamic = tf.shape(x)
     return [dynamic[i] if d is None else d for i, d in enumerate(x.shape.as_list())]
+
+
+def reshape(x, dims: list):
+    """``tf.reshape(x, dims)`` with a constant target shape where one suffices: a single unknown dimension
+    (a tensor from :func:`shape_list`) becomes -1. LiteRT's XNNPACK delegate runs only reshapes of constant
+    shape; computed ones split an exported graph into many delegated pieces with interpreter ops between."""
+    unknown = [i for i, d in enumerate(dims) if not isinstance(d, int)]
+    if len(unknown) == 1:
+        dims = [-1 if i == unknown[0] else d for i, d in enumerate(dims)]
+    return tf.reshape(x, dims)
 
 
 def policy_dtype(dtype) -> Optional[keras.DTypePolicy]:
@@ -97,8 +107,7 @@ def linear(x, kernel, bias=None):
     if x.shape.rank == 2:
         y = matmul(x, kernel)
     else:  # (..., I) -> (N, I) @ (I, O) -> (..., O): one plain GEMM
-        y = tf.reshape(matmul(tf.reshape(x, [-1, kernel.shape[0]]), kernel),
-                       shape_list(x)[:-1] + [kernel.shape[1]])
+        y = reshape(matmul(tf.reshape(x, [-1, kernel.shape[0]]), kernel), shape_list(x)[:-1] + [kernel.shape[1]])
     return y if bias is None else y + tf.cast(bias, y.dtype)
 
 

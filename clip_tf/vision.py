@@ -8,7 +8,7 @@ from clip_core.interpolate import bicubic_matrix
 from clip_core.outputs import BaseModelOutputWithPooling
 
 from .layers import CLIPEncoder
-from .primitives import Embedding, LayerNorm, linear, param, policy_dtype, shape_list
+from .primitives import Embedding, LayerNorm, linear, param, policy_dtype, reshape, shape_list
 
 __all__ = ["CLIPVisionEmbeddings", "CLIPVisionTransformer", "resize_positions", "to_nchw"]
 
@@ -80,12 +80,12 @@ class _PatchConv(keras.layers.Layer):
         b, c, h, w = shape_list(x)
         gh, gw = h // p, w // p
         x = x[:, :, :gh * p, :gw * p]  # a conv with stride p drops the remainder
-        x = tf.reshape(x, [b, c, gh, p, gw, p])
+        x = reshape(x, [b, c, gh, p, gw, p])
         x = tf.transpose(x, [0, 2, 4, 3, 5, 1])  # (B, gh, gw, p, p, C) ~ kernel HWIO order
-        x = tf.reshape(x, [b, gh * gw, p * p * c])
+        x = reshape(x, [b, gh * gw, p * p * c])
         k = tf.reshape(self.kernel, [p * p * c, -1])
         y = linear(tf.reshape(x, [-1, p * p * c]), k, getattr(self, "bias", None))  # (B*N, D)
-        return tf.reshape(y, [b, gh * gw, k.shape[-1]])
+        return reshape(y, [b, gh * gw, k.shape[-1]])
 
 
 class CLIPVisionTransformer(keras.layers.Layer):
