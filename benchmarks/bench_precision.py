@@ -10,7 +10,7 @@ of 64 short prompts (77-padded), on the same random weights, in
   hint ``f32`` and ``bf16`` (ONNX Runtime has no bfloat16 CPU path, so OpenVINO is the bf16 reference);
 
 all interleaved, with the same-run rates of a 2048³ matmul per framework and precision (torch fp32,
-bf16 and int8 through :class:`clip_torch.precision.Int8Linear`; JAX and TF fp32 and bf16) as the
+bf16 and int8 through :class:`clip_torch.precision.Int8Linear`; JAX and TF fp32 and bf16; TF int8 through LiteRT) as the
 ceilings: each model's GFLOP/s (FLOPs counted once on the meta device) is also given as a share of
 its framework's rate at its precision. Every contender's features are checked against our fp32 ones
 first (least cosine similarity, recorded). ``--quick`` uses the bundled model (image b16, text b8,
@@ -19,6 +19,7 @@ one round) to prove the command works; writes ``results/precision[_quick].json``
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -88,32 +89,32 @@ def _numpy_contenders(backend: str, path: Path, px: np.ndarray, ids: np.ndarray)
 def _onnx_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) -> dict:
     from clip_zoo.onnx_engine import OnnxEncoder
 
-    out = {}
+    out, feed = {}, _text_feed(ids, path, np.int64)
     for name, flags in (("onnxruntime_fp32", []), ("onnxruntime_int8", ["--int8"])):
         target = root / name
         cmd = [sys.executable, "-m", "clip_zoo", "export", str(path), str(target), "--to", "onnx",
                "--framework", "torch", *flags]
         subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
         enc = OnnxEncoder(target)
-        mask = (ids != 0).astype(np.int64)
-        mask[:, 0] = 1
-        out[name] = (lambda e=enc: e._image_features(px), lambda e=enc: e._text_features(ids, mask))
+        out[name] = (lambda e=enc: e._image_features(px), lambda e=enc: e._text_features(**feed))
     return out
 
 
-def _trimmed_text(ids: np.ndarray, dtype) -> dict[str, np.ndarray]:
-    """``input_ids`` / ``attention_mask`` without the columns padded in every row, as the ONNX engine feeds
-    an exported graph (exact under the causal mask; an export's text graph runs every column it is given:
-    at 77 columns LiteRT's text b64 took 3.5 s against 0.32 s trimmed on the AVX2 EPYC)."""
+def _text_feed(ids: np.ndarray, path: Path, dtype) -> dict[str, np.ndarray]:
+    """``input_ids`` / ``attention_mask`` as the ONNX engine feeds an exported graph: cut after the last EOT
+    (:func:`clip_zoo.onnx_engine.trim_text`; an export's text graph runs every column it is given)."""
+    from clip_core import CLIPConfig
+    from clip_zoo.onnx_engine import trim_text
+
     mask = (ids != 0).astype(dtype)
     mask[:, 0] = 1
-    n = int(np.flatnonzero(mask.any(axis=0))[-1]) + 1
-    return {"input_ids": ids[:, :n].astype(dtype), "attention_mask": mask[:, :n]}
+    ids, mask = trim_text(ids.astype(dtype), mask, CLIPConfig.from_pretrained(path).text_config)
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def _litert_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) -> dict:
     """TensorFlow's int8 (``tf_int8``): the LiteRT dynamic-range export (``clip-zoo export --to litert --int8``)
-    in the interpreter on every core, text columns padded in every row trimmed. Empty without TensorFlow."""
+    in the interpreter on every core, text cut after the last EOT (:func:`_text_feed`). Empty without TensorFlow."""
     try:
         from clip_tf.export import load_exported
     except ImportError:
@@ -123,19 +124,19 @@ def _litert_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) 
            "--int8"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     image, text = load_exported(target / "image.tflite", "image"), load_exported(target / "text.tflite", "text")
-    feed = _trimmed_text(ids, np.int32)
+    feed = _text_feed(ids, path, np.int32)
     return {"tf_int8": (lambda: image(pixel_values=px), lambda: text(**feed))}
 
 
-def _openvino_contenders(root: Path, px: np.ndarray, ids: np.ndarray) -> dict:
+def _openvino_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) -> dict:
     """OpenVINO on the fp32 ONNX graphs (written by :func:`_onnx_contenders`), precision hint f32 and bf16;
-    text columns padded in every row trimmed as the ONNX engine does. Empty when OpenVINO is missing."""
+    text cut after the last EOT as the ONNX engine does. Empty when OpenVINO is missing."""
     try:
         import openvino
     except ImportError:
         return {}
     core = openvino.Core()
-    feeds = {"image": {"pixel_values": px}, "text": _trimmed_text(ids, np.int64)}
+    feeds = {"image": {"pixel_values": px}, "text": _text_feed(ids, path, np.int64)}
     out = {}
     for hint in ("f32", "bf16"):
         calls = []
@@ -204,9 +205,31 @@ def _framework_matmuls() -> dict[str, Callable]:
         mm = tf.function(tf.matmul)
         fns["tf_fp32"] = lambda: mm(t32, t32).numpy()
         fns["tf_bf16"] = lambda: mm(t16, t16).numpy()
+        fns["tf_int8"] = _litert_int8_matmul(a.numpy(), b.numpy())
     except ImportError:
         pass
     return fns
+
+
+def _litert_int8_matmul(a: np.ndarray, b: np.ndarray) -> Callable:
+    """``a @ b`` with ``b`` a constant through LiteRT's dynamic-range int8, as ``clip-zoo export --to litert
+    --int8`` converts a Dense (``Optimize.DEFAULT``), in an interpreter on every core: TensorFlow's int8
+    ceiling. On the AVX2 EPYC (no VNNI) its kernels ran this at 128 GOP/s against 113 in float32."""
+    import tensorflow as tf
+
+    weight = tf.constant(b)
+    product = tf.function(lambda x: tf.matmul(x, weight), input_signature=[tf.TensorSpec(a.shape, tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([product.get_concrete_function()])
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    interpreter = tf.lite.Interpreter(model_content=converter.convert(), num_threads=os.cpu_count() or 1)
+    interpreter.allocate_tensors()
+    x, y = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
+
+    def run() -> np.ndarray:
+        interpreter.set_tensor(x, a)
+        interpreter.invoke()
+        return interpreter.get_tensor(y)
+    return run
 
 
 def _matmul_rates(repeats: int) -> dict[str, float]:
@@ -284,7 +307,7 @@ def main(argv=None) -> int:
             pairs.update(_numpy_contenders(backend, path, px, ids))
         pairs.update(_onnx_contenders(path, px, ids, root))
         pairs.update(_litert_contenders(path, px, ids, root))
-        pairs.update(_openvino_contenders(root, px, ids))
+        pairs.update(_openvino_contenders(path, px, ids, root))
         flops = _flops(path, px, ids)
         setup = time.perf_counter() - start
         result = {case: _case({n: p[i] for n, p in pairs.items()}, repeats)

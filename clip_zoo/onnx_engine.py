@@ -17,7 +17,7 @@ import numpy as np
 from .engines import Encoder, _processor_for, _tokenizer_for
 from .errors import CLIZooError
 
-__all__ = ["MODEL_JSON", "OnnxEncoder", "read_model_json", "onnx_session", "run_onnx"]
+__all__ = ["MODEL_JSON", "OnnxEncoder", "read_model_json", "onnx_session", "run_onnx", "trim_text"]
 
 MODEL_JSON = "model.json"
 _NUMPY = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32,
@@ -103,12 +103,21 @@ class OnnxEncoder(Encoder):
         return run_onnx(self._image, pixel_values=pixel_values)  # (N, D)
 
     def _text_features(self, input_ids: np.ndarray, attention_mask: Optional[np.ndarray]) -> np.ndarray:
-        """The graph takes any length: drop the columns padded in every row (exact under the causal mask).
-        SigLIP: the fixed context length, its graph's (no trimming: it pools the last position), a mask of
-        ones when the tokenizer gives none."""
-        if self.family == "siglip":
-            mask = np.ones_like(input_ids) if attention_mask is None else attention_mask
-            return run_onnx(self._text, input_ids=input_ids, attention_mask=mask)  # (N, D)
-        used = np.flatnonzero(np.asarray(attention_mask).any(axis=0))
-        n = int(used[-1]) + 1 if used.size else 1
-        return run_onnx(self._text, input_ids=input_ids[:, :n], attention_mask=attention_mask[:, :n])  # (N, D)
+        """A mask of ones when the tokenizer gives none. CLIP's graph takes any length: it runs only up to
+        the last pooled (EOT) position, :func:`trim_text`. SigLIP's keeps the fixed context length (it pools
+        the last position)."""
+        mask = np.ones_like(input_ids) if attention_mask is None else attention_mask
+        if self.family != "siglip":
+            input_ids, mask = trim_text(input_ids, mask, self.config.text_config)
+        return run_onnx(self._text, input_ids=input_ids, attention_mask=mask)  # (N, D)
+
+
+def trim_text(input_ids: np.ndarray, attention_mask: np.ndarray, text_config) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` / ``attention_mask`` (B, T) cut after the last row's pooled (EOT) position: exact under
+    CLIP's causal mask, the same rule as the backends' prefixes (:func:`conversion.pretrained.text_prefix_length`,
+    unbucketed). An exported text graph computes every column it is given: ViT-B/32's LiteRT text b64
+    took 3.5 s at 77 columns and 0.32 s trimmed (AVX2 EPYC)."""
+    from conversion.pretrained import text_prefix_length
+
+    n = text_prefix_length(input_ids, text_config, bucket=False)
+    return input_ids[:, :n], attention_mask[:, :n]

@@ -67,6 +67,24 @@ def test_one_session_takes_1_20_and_77_tokens(exported, torch_encoder):
     assert enc._text is session
 
 
+def test_text_is_cut_after_the_last_eot():
+    """The engine feeds a CLIP text graph only the columns up to the last row's pooled position (its first
+    EOT), whatever the mask says about the rest."""
+    from clip_core.testing import tiny_vit_config
+    from clip_zoo.onnx_engine import trim_text
+
+    cfg = tiny_vit_config().text_config
+    ids = np.zeros((3, 12), np.int64)
+    ids[:, 0] = 49406
+    for row, eot in enumerate((3, 6, 2)):
+        ids[row, 1:eot] = 400
+        ids[row, eot] = cfg.eos_token_id
+    ids[0, 9] = cfg.eos_token_id  # a later EOT is not pooled
+    cut, mask = trim_text(ids, np.ones_like(ids), cfg)
+    assert cut.shape == mask.shape == (3, 7)
+    np.testing.assert_array_equal(cut, ids[:, :7])
+
+
 def _classify(capsys, *extra) -> list:
     rc, out, err = run_cli(capsys, "classify", EXAMPLES, "--labels", LABELS, "--json", *extra)
     assert rc == 0, err
