@@ -10,8 +10,8 @@ of 64 short prompts (77-padded), on the same random weights, in
   hint ``f32`` and ``bf16`` (ONNX Runtime has no bfloat16 CPU path, so OpenVINO is the bf16 reference);
 
 all interleaved, with the same-run rates of a 2048³ matmul per framework and precision (torch fp32,
-bf16 and int8 through :class:`clip_torch.precision.Int8Linear`; JAX and TF fp32 and bf16; TF int8 through LiteRT) as the
-ceilings: each model's GFLOP/s (FLOPs counted once on the meta device) is also given as a share of
+bf16 and int8 through :class:`clip_torch.precision.Int8Linear`; JAX and TF fp32 and bf16; TF int8
+through LiteRT) as the ceilings: each model's GFLOP/s (FLOPs counted once on the meta device) is also given as a share of
 its framework's rate at its precision. Every contender's features are checked against our fp32 ones
 first (least cosine similarity, recorded). ``--quick`` uses the bundled model (image b16, text b8,
 one round) to prove the command works; writes ``results/precision[_quick].json``.
