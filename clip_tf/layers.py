@@ -6,7 +6,7 @@ from typing import Optional
 import keras
 import tensorflow as tf
 
-from .primitives import Dense, LayerNorm, activation, linear, matmul, reshape, shape_list
+from .primitives import Dense, LayerNorm, activation, linear, matmul, reshape, shape_list, split_heads
 
 __all__ = ["CLIPAttention", "CLIPMLP", "CLIPEncoderLayer", "CLIPEncoder"]
 
@@ -24,9 +24,6 @@ class CLIPAttention(keras.layers.Layer):
         self.out_proj = Dense(dim, dim, name="out_proj", dtype=dtype)
         self.built = True
 
-    def _split(self, x, b, t):  # (B, T, D) -> (B, H, T, hd)
-        return tf.transpose(reshape(x, [b, t, self.heads, self.head_dim]), [0, 2, 1, 3])
-
     def _project(self, xq, xkv):
         """Scaled queries of ``xq`` (B, Tq, D), keys and values of ``xkv`` (B, Tk, D)."""
         if self.packed:
@@ -42,7 +39,8 @@ class CLIPAttention(keras.layers.Layer):
         b, tq, d = shape_list(xq)
         tk = shape_list(xkv)[1]
         q, k, v = self._project(xq, xkv)
-        q, k, v = self._split(q, b, tq), self._split(k, b, tk), self._split(v, b, tk)
+        h, hd = self.heads, self.head_dim
+        q, k, v = split_heads(q, b, tq, h, hd), split_heads(k, b, tk, h, hd), split_heads(v, b, tk, h, hd)
         scores = tf.cast(matmul(q, k, transpose_b=True), tf.float32)  # (B, H, Tq, Tk)
         if attn_mask is not None:  # boolean "may attend" (Keras would autocast a float mask)
             scores = tf.where(attn_mask, scores, tf.float32.min)

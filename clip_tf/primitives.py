@@ -35,6 +35,11 @@ def reshape(x, dims: list):
     return tf.reshape(x, dims)
 
 
+def split_heads(x, b, t, heads: int, head_dim: int):  # (B, T, H*hd) -> (B, H, T, hd)
+    """Attention heads of ``x`` as their own axis; ``b`` / ``t`` may be tensors (see :func:`reshape`)."""
+    return tf.transpose(reshape(x, [b, t, heads, head_dim]), [0, 2, 1, 3])
+
+
 def policy_dtype(dtype) -> Optional[keras.DTypePolicy]:
     """A Keras dtype policy (or None for the global one) from a name, a policy or a config dict."""
     if dtype is None or isinstance(dtype, keras.DTypePolicy):

@@ -7,7 +7,7 @@ import tensorflow as tf
 from clip_core.outputs import BaseModelOutputWithPooling
 from clip_core.schema import resnet_blocks
 
-from .primitives import BatchNorm, Conv2D, Dense, conv_bn, param, reshape, shape_list
+from .primitives import BatchNorm, Conv2D, Dense, conv_bn, param, reshape, shape_list, split_heads
 
 __all__ = ["Bottleneck", "AttentionPool2d", "ModifiedResNet", "avg_pool"]
 
@@ -58,17 +58,15 @@ class AttentionPool2d(keras.layers.Layer):
         self.c_proj = Dense(dim, out_dim, name="c_proj", dtype=dtype)
         self.built = True
 
-    def _split(self, x, b, t):  # (B, T, C) -> (B, H, T, hd)
-        return tf.transpose(reshape(x, [b, t, self.heads, self.head_dim]), [0, 2, 1, 3])
-
     def call(self, x):  # (B, H, W, C) -> (B, out_dim)
         b, h, w, c = shape_list(x)
         x = reshape(x, [b, h * w, c])
         x = tf.concat([tf.reduce_mean(x, axis=1, keepdims=True), x], axis=1)  # (B, 1+HW, C)
         x = x + tf.cast(self.positional_embedding, x.dtype)[None]
         t = shape_list(x)[1]
-        q = self._split(self.q_proj(x[:, :1]) * tf.constant(self.head_dim ** -0.5, x.dtype), b, 1)
-        k, v = self._split(self.k_proj(x), b, t), self._split(self.v_proj(x), b, t)
+        n, hd = self.heads, self.head_dim
+        q = split_heads(self.q_proj(x[:, :1]) * tf.constant(hd ** -0.5, x.dtype), b, 1, n, hd)  # (B, n, 1, hd)
+        k, v = split_heads(self.k_proj(x), b, t, n, hd), split_heads(self.v_proj(x), b, t, n, hd)  # (B, n, T, hd)
         probs = tf.nn.softmax(tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32), axis=-1)  # (B, H, 1, T)
         out = tf.matmul(tf.cast(probs, v.dtype), v)  # (B, H, 1, hd)
         return self.c_proj(reshape(out, [b, c]))
