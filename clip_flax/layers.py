@@ -97,7 +97,8 @@ def attend(q, k, v, mask, dtype: Dtype, dropout=None):
     weights = jax.nn.softmax(scores, axis=-1)
     if dropout is not None:
         weights = dropout(weights)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(dtype), v, preferred_element_type=jnp.float32)
+    weights = weights.astype(dtype)  # returned in the compute dtype, as torch's and TF's
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v, preferred_element_type=jnp.float32)
     out = out.astype(dtype).reshape(b, tq, h * dh)  # (B, Tq, H*Dh)
     return out, weights
 
@@ -137,16 +138,16 @@ class _LayerCollection(Configured):
     @nn.compact
     def __call__(self, x, mask=None, deterministic: bool = True, output_attentions: bool = False,
                  output_hidden_states: bool = False):
-        hidden, attns = [], []
+        hidden, attns = [], []  # states in the compute dtype (bf16 keeps a float32 residual stream: dot_f32)
         for i in range(self.config.num_hidden_layers):
             if output_hidden_states:
-                hidden.append(x)
+                hidden.append(x.astype(self.dtype))
             x, attn = CLIPEncoderLayer(self.config, self.dtype, self.param_dtype, name=str(i))(
                 x, mask, deterministic, output_attentions)
             if output_attentions:
                 attns.append(attn)
         if output_hidden_states:
-            hidden.append(x)
+            hidden.append(x.astype(self.dtype))
         return x, (tuple(hidden) if output_hidden_states else None), (tuple(attns) if output_attentions else None)
 
 

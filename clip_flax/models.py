@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -152,6 +153,7 @@ class FlaxCLIPPreTrainedModel:
         dtype = jnp.bfloat16 if precision == "bf16" else dtype
         model = cls(loaded.config, dtype=dtype, _do_init=False, param_dtype=param_dtype, num_labels=loaded.num_labels)
         model.load_canonical(loaded.weights, source=loaded.source)
+        model.precision = precision
         if precision == "bf16":  # checked against the same weights in float32
             model.params = bf16_matrices(model.params)
             reference = cls(loaded.config, _do_init=False, num_labels=loaded.num_labels)
@@ -180,6 +182,18 @@ class FlaxCLIPPreTrainedModel:
 
     def num_parameters(self) -> int:
         return int(sum(np.prod(x.shape) for x in jax.tree_util.tree_leaves(self.params)))
+
+
+def _features(model: Any, x):
+    """Features as float32 under ``precision="bf16"`` (as in clip_torch and clip_tf); a model built with
+    ``dtype=jnp.bfloat16`` keeps transformers' bfloat16 features."""
+    return x.astype(jnp.float32) if getattr(model, "precision", "fp32") == "bf16" else x
+
+
+def _float32_embeds(model: Any, out):
+    """A tower class's output with its ``text_embeds`` / ``image_embeds`` (if any) as :func:`_features`."""
+    names = [f for f in ("text_embeds", "image_embeds") if getattr(out, f, None) is not None]
+    return dataclasses.replace(out, **{f: _features(model, getattr(out, f)) for f in names}) if names else out
 
 
 def _ids(x):
@@ -217,7 +231,7 @@ class _TextFeatures:
         ids, mask, pos = _ids(input_ids), _ids(attention_mask), _ids(position_ids)
         if trim and self._trim_text:
             ids, mask, pos = trim_text_inputs(ids, mask, pos, self.config.text_config)
-        return self._apply("get_text_features", (ids, mask, pos), params, None, train, dropout_rng)
+        return _features(self, self._apply("get_text_features", (ids, mask, pos), params, None, train, dropout_rng))
 
     def encode_text(self, text, params=None):
         """OpenAI's name for :meth:`get_text_features`."""
@@ -232,8 +246,8 @@ class _ImageFeatures:
                            return_dict=None, batch_stats=None):
         """Projected (not normalised) image features, (B, projection_dim). The flags are accepted for
         transformers' signature and change nothing."""
-        return self._apply("get_image_features", (_pix(pixel_values),), params, batch_stats, train, dropout_rng,
-                           interpolate_pos_encoding=bool(interpolate_pos_encoding))
+        return _features(self, self._apply("get_image_features", (_pix(pixel_values),), params, batch_stats, train,
+                                           dropout_rng, interpolate_pos_encoding=bool(interpolate_pos_encoding)))
 
     def encode_image(self, image, params=None):
         """OpenAI's name for :meth:`get_image_features`."""
@@ -280,7 +294,7 @@ class _TextCall:
         oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         out = self._apply(None, (_ids(input_ids), _ids(attention_mask), _ids(position_ids)), params, None,
                           _train_flag(train, training), dropout_rng, output_attentions=oa, output_hidden_states=oh)
-        return finish(out, rd)
+        return finish(_float32_embeds(self, out), rd)
 
 
 class CLIPTextModel(_TextCall, FlaxCLIPPreTrainedModel):
@@ -307,7 +321,7 @@ class _VisionCall:
         out = self._apply(None, (_pix(pixel_values),), params, batch_stats, _train_flag(train, training),
                           dropout_rng, output_attentions=oa, output_hidden_states=oh,
                           interpolate_pos_encoding=bool(interpolate_pos_encoding))
-        return finish(out, rd)
+        return finish(_float32_embeds(self, out), rd)
 
 
 class CLIPVisionModel(_VisionCall, FlaxCLIPPreTrainedModel):

@@ -98,4 +98,4 @@ class CLIPVisionTransformer(Configured):
         x, hidden, attns = CLIPEncoder(c, self.dtype, self.param_dtype, name="encoder")(
             x, None, deterministic, output_attentions, output_hidden_states)
         pooled = layer_norm(x[:, 0], c.layer_norm_eps, self.dtype, self.param_dtype, "post_layernorm")
-        return BaseModelOutputWithPooling(x, pooled, hidden, attns)
+        return BaseModelOutputWithPooling(x.astype(self.dtype), pooled, hidden, attns)  # x: float32 in bf16

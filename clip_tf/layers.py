@@ -44,8 +44,8 @@ class CLIPAttention(keras.layers.Layer):
         scores = tf.cast(matmul(q, k, transpose_b=True), tf.float32)  # (B, H, Tq, Tk)
         if attn_mask is not None:  # boolean "may attend" (Keras would autocast a float mask)
             scores = tf.where(attn_mask, scores, tf.float32.min)
-        probs = tf.nn.softmax(scores, axis=-1)
-        out = matmul(tf.cast(probs, v.dtype), v)  # (B, H, Tq, hd)
+        probs = tf.cast(tf.nn.softmax(scores, axis=-1), v.dtype)  # returned in the compute dtype, as torch's
+        out = matmul(probs, v)  # (B, H, Tq, hd)
         return self.out_proj(reshape(tf.transpose(out, [0, 2, 1, 3]), [b, tq, d])), probs
 
     def call(self, x, attn_mask: Optional[tf.Tensor] = None, output_attentions: bool = False):

@@ -141,6 +141,7 @@ class CLIPPreTrainedModel(keras.Model):
             dtype = "bfloat16"
         model = cls(loaded.config, dtype=dtype, **kwargs)
         model.load_canonical(loaded.weights, source=loaded.source)
+        model.precision = precision
         if precision == "bf16":  # checked against the same weights in float32
             reference = cls(loaded.config, **reference_kwargs)
             reference.load_canonical(loaded.weights, source=loaded.source)
@@ -308,7 +309,8 @@ class CLIPModel(_TextFeatures, _ImageFeatures, CLIPPreTrainedModel):
         if not c.is_resnet:
             self.visual_projection = Dense(c.vision_config.hidden_size, c.projection_dim, use_bias=False,
                                            name="visual_projection", dtype=dt)
-        param(self, "logit_scale", (1,), keras.initializers.Constant(c.logit_scale_init_value), autocast=False)
+        param(self, "logit_scale", (1,), keras.initializers.Constant(c.logit_scale_init_value), autocast=False,
+              dtype="float32")  # float32 in any precision: a bf16 log(100) = 4.594 moves the logits by 1%
         self.built = True
 
     def call(self, input_ids=None, pixel_values=None, attention_mask=None, position_ids=None, return_loss=None,
@@ -374,7 +376,8 @@ class CLIPTextModelWithProjection(_TextFeatures, CLIPPreTrainedModel):
              output_hidden_states=None, return_dict=None, training=None):
         oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         out = self._text(input_ids, attention_mask, position_ids, oa, oh)
-        return finish(CLIPTextModelOutput(self.text_projection(out.pooler_output), out.last_hidden_state,
+        embeds = tf.cast(self.text_projection(out.pooler_output), tf.float32)  # float32, as the features
+        return finish(CLIPTextModelOutput(embeds, out.last_hidden_state,
                                           out.hidden_states, out.attentions), rd)
 
 
@@ -417,6 +420,7 @@ class CLIPVisionModelWithProjection(_ImageFeatures, CLIPPreTrainedModel):
         oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         out = self._vision(pixel_values, oa, oh, interpolate_pos_encoding, training)
         embeds = out.pooler_output if self.config.is_resnet else self.visual_projection(out.pooler_output)
+        embeds = tf.cast(embeds, tf.float32)  # float32, as the features
         return finish(CLIPVisionModelOutput(embeds, out.last_hidden_state, out.hidden_states, out.attentions), rd)
 
 

@@ -50,10 +50,11 @@ def policy_dtype(dtype) -> Optional[keras.DTypePolicy]:
 
 
 def param(layer: keras.layers.Layer, name: str, shape: tuple, init: str = "zeros", trainable: bool = True,
-          autocast: bool = True, aggregation: str = "none") -> keras.Variable:
-    """Create a variable on ``layer`` and store it under attribute ``name``."""
+          autocast: bool = True, aggregation: str = "none", dtype=None) -> keras.Variable:
+    """Create a variable on ``layer`` and store it under attribute ``name`` (``dtype``: the layer policy's
+    variable dtype unless given)."""
     var = layer.add_weight(shape=tuple(shape), initializer=init, name=name, trainable=trainable,
-                           autocast=autocast, aggregation=aggregation)
+                           autocast=autocast, aggregation=aggregation, dtype=dtype)
     setattr(layer, name, var)
     return var
 

@@ -69,7 +69,7 @@ class AttentionPool2d(keras.layers.Layer):
         k, v = split_heads(self.k_proj(x), b, t, n, hd), split_heads(self.v_proj(x), b, t, n, hd)  # (B, n, T, hd)
         probs = tf.nn.softmax(tf.cast(tf.matmul(q, k, transpose_b=True), tf.float32), axis=-1)  # (B, H, 1, T)
         out = tf.matmul(tf.cast(probs, v.dtype), v)  # (B, H, 1, hd)
-        return self.c_proj(reshape(out, [b, c]))
+        return tf.cast(self.c_proj(reshape(out, [b, c])), tf.float32)  # (B, out_dim), float32 in any precision
 
 
 class ModifiedResNet(keras.layers.Layer):

@@ -45,8 +45,8 @@ class SiglipModel(CLIPPreTrainedModel):
         c, dt = self.config, self.dtype_policy
         self.text_model = SiglipTextTransformer(c.text_config, dtype=dt)
         self.vision_model = SiglipVisionTransformer(c.vision_config, dtype=dt)
-        param(self, "logit_scale", (1,), "zeros", autocast=False)
-        param(self, "logit_bias", (1,), "zeros", autocast=False)
+        param(self, "logit_scale", (1,), "zeros", autocast=False, dtype="float32")  # float32 in any precision
+        param(self, "logit_bias", (1,), "zeros", autocast=False, dtype="float32")
         self.built = True
 
     def get_text_features(self, input_ids, attention_mask=None, position_ids=None, output_attentions=None,

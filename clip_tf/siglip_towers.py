@@ -29,7 +29,7 @@ class SiglipTextTransformer(CLIPTextTransformer):
         self.head = Dense(config.hidden_size, config.projection_size, name="head", dtype=dtype)
 
     def pool(self, x, input_ids):  # (B, T, D) -> (B, P)
-        return self.head(x[:, -1])
+        return tf.cast(self.head(x[:, -1]), tf.float32)  # (B, P), float32 in any precision, as every projection
 
 
 class SiglipVisionEmbeddings(keras.layers.Layer):
@@ -102,5 +102,5 @@ class SiglipVisionTransformer(keras.layers.Layer):
         x, hidden, attentions = self.encoder(x, output_attentions=output_attentions,
                                               output_hidden_states=output_hidden_states)
         x = self.post_layernorm(x)
-        pooled = self.head(x) if hasattr(self, "head") else None
+        pooled = tf.cast(self.head(x), tf.float32) if hasattr(self, "head") else None  # float32 in any precision
         return BaseModelOutputWithPooling(x, pooled, hidden, attentions)

@@ -154,6 +154,8 @@ class CLIPPreTrainedModel(nn.Module):
             from .precision import apply_precision
 
             model = apply_precision(model, precision)
+        else:
+            model.precision = "fp32"  # as clip_tf and clip_flax say it
         return loaded.result(model)
 
     @classmethod

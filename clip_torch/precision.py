@@ -29,7 +29,12 @@ from .layers import CLIPMLP, CLIPAttention, LayerNorm
 
 __all__ = ["PRECISIONS", "apply_precision", "Int8Linear", "Int8MLP"]
 
-_FLOAT32_MODULES = ("text_projection", "visual_projection", "classifier")
+#: Modules that stay float32 in bf16 (on a float32 copy of their input): the final projections (ResNet's is
+#: its attention pool's ``c_proj``; SigLIP's are its towers' ``head``s) and classification heads, so that
+#: features, embeddings and logits are float32 as in clip_tf and clip_flax.
+_FLOAT32_MODULES = ("text_projection", "visual_projection", "c_proj", "head", "classifier")
+#: Parameters of the model itself that stay float32: a bf16 logit scale (log 100 -> 4.594) moves logits by 1%.
+_FLOAT32_PARAMETERS = ("logit_scale", "logit_bias")
 
 
 def _onednn_available() -> bool:
@@ -199,12 +204,19 @@ def _float32_input(module: nn.Module, args: tuple) -> tuple:
 
 
 def _to_bf16(model: nn.Module) -> None:
-    model.to(torch.bfloat16)
+    """Cast every floating-point parameter and buffer to bfloat16 except those of LayerNorms, of
+    ``_FLOAT32_MODULES`` (which also get a float32 copy of their input) and ``_FLOAT32_PARAMETERS``: those
+    keep their float32 values, not a bf16 rounding of them."""
+    keep = {id(p) for n, p in model.named_parameters(recurse=False) if n in _FLOAT32_PARAMETERS}
     for name, module in model.named_modules():
-        if isinstance(module, LayerNorm) or name.rsplit(".", 1)[-1] in _FLOAT32_MODULES:
-            module.float()
-        if name.rsplit(".", 1)[-1] in _FLOAT32_MODULES:
+        last = name.rsplit(".", 1)[-1]
+        if isinstance(module, LayerNorm) or last in _FLOAT32_MODULES:
+            keep.update(id(t) for t in (*module.parameters(), *module.buffers()))
+        if last in _FLOAT32_MODULES:
             module.register_forward_pre_hook(_float32_input)
+    for t in (*model.parameters(), *model.buffers()):
+        if t.is_floating_point() and id(t) not in keep:
+            t.data = t.data.to(torch.bfloat16)
 
 
 def _to_int8(model: nn.Module) -> None:
@@ -248,6 +260,7 @@ def apply_precision(model: Any, precision: Optional[str], check: bool = True) ->
     :data:`clip_core.precision.MIN_COSINE` of the float32 ones, else :class:`PrecisionError`."""
     precision = check_precision(precision)
     if precision == "fp32":
+        model.precision = precision
         return model
     if next(model.parameters()).dtype != torch.float32:
         raise ValueError(f"precision={precision!r} converts a float32 model; this one is "

@@ -51,6 +51,7 @@ def test_precision_keeps_its_cosine_bound(backend, checkpoints, name, precision)
         return
     ref = backend.CLIPModel.from_pretrained(checkpoints[name])
     low = backend.CLIPModel.from_pretrained(checkpoints[name], precision=precision)
+    assert (ref.precision, low.precision) == ("fp32", precision)
     for tower, a, b in zip(("text", "image"), _features(backend, ref, ref.config), _features(backend, low, ref.config)):
         cos = P.min_cosine(a, b)
         assert cos >= P.MIN_COSINE[precision], f"{name} {precision} {tower}: min cosine {cos}"
@@ -308,6 +309,58 @@ def test_siglip_precisions_keep_the_bound(backend, tmp_path_factory, precision):
                       to_numpy(model.get_image_features(pixel_values=x["pixel_values"]))))
     for a, b in zip(*feats):
         assert P.MIN_COSINE[precision] <= P.min_cosine(a, b) < 1.0 - 1e-9
+
+
+def _dtype(x) -> str:
+    """A framework tensor's dtype as a plain name (``bfloat16``, ``float32``)."""
+    return getattr(x.dtype, "name", None) or str(x.dtype).replace("torch.", "")
+
+
+@pytest.mark.filterwarnings("ignore:no SigLIP tokenizer files")  # random weights, no tokenizer: not the point here
+@pytest.mark.parametrize("name", ["tiny-vit", "tiny-resnet", "tiny-siglip"])
+def test_bf16_outputs_have_the_same_dtypes_in_every_backend(backend, checkpoints, tmp_path_factory, name):
+    """In bf16 the full model call (hidden states and attentions asked for) runs for every architecture;
+    features, embeddings, logits and the outputs of a final projection (ResNet's attention pool, SigLIP's
+    heads) are float32; every other tower output is bfloat16; logits use the float32 logit scale (and bias)."""
+    from clip_core.testing import tiny_siglip_config
+
+    if name == "tiny-siglip":
+        cfg = tiny_siglip_config()
+        path = tmp_path_factory.mktemp("siglip_dtypes") / "ckpt"
+        conversion.save_canonical(path, cfg, random_weights(cfg, seed=7))
+        model = backend.SiglipModel.from_pretrained(path, precision="bf16")
+    else:
+        path, model = checkpoints[name], backend.CLIPModel.from_pretrained(checkpoints[name], precision="bf16")
+    assert model.precision == "bf16"
+    cfg, weights = model.config, random_weights(model.config, seed=7)
+    inputs = P.probe_inputs(cfg, batch=3, seed=99)
+    x = as_tensors(backend, model, input_ids=inputs["input_ids"].astype(np.int32), pixel_values=inputs["pixel_values"])
+    out = model(input_ids=x["input_ids"], pixel_values=x["pixel_values"], output_hidden_states=True,
+                output_attentions=True)
+    floats = {"text_embeds": out.text_embeds, "image_embeds": out.image_embeds, "logits": out.logits_per_text,
+              "text features": model.get_text_features(input_ids=x["input_ids"]),
+              "image features": model.get_image_features(pixel_values=x["pixel_values"])}
+    projected = {"text": name == "tiny-siglip", "vision": name != "tiny-vit"}
+    halves = {}
+    for tower in ("text", "vision"):
+        o = getattr(out, f"{tower}_model_output")
+        halves[f"{tower} last_hidden_state"] = o.last_hidden_state
+        halves.update({f"{tower} hidden_states[{i}]": h for i, h in enumerate(o.hidden_states)})
+        halves.update({f"{tower} attentions[{i}]": a for i, a in enumerate(o.attentions or ())})
+        (floats if projected[tower] else halves)[f"{tower} pooler_output"] = o.pooler_output
+    assert {k: _dtype(v) for k, v in floats.items()} == {k: "float32" for k in floats}
+    assert {k: _dtype(v) for k, v in halves.items()} == {k: "bfloat16" for k in halves}
+    text, image = to_numpy(out.text_embeds).astype(np.float64), to_numpy(out.image_embeds).astype(np.float64)
+    expected = text @ image.T * np.exp(float(weights["logit_scale"].reshape(-1)[0]))
+    expected += float(weights["logit_bias"].reshape(-1)[0]) if "logit_bias" in weights else 0.0
+    np.testing.assert_allclose(to_numpy(out.logits_per_text), expected, rtol=1e-5, atol=1e-4)
+    if name == "tiny-siglip":
+        return
+    text_model = backend.CLIPTextModelWithProjection.from_pretrained(path, precision="bf16")
+    image_model = backend.CLIPVisionModelWithProjection.from_pretrained(path, precision="bf16")
+    embeds = {"text_embeds": text_model(input_ids=x["input_ids"]).text_embeds,
+              "image_embeds": image_model(pixel_values=x["pixel_values"]).image_embeds}
+    assert {k: _dtype(v) for k, v in embeds.items()} == {k: "float32" for k in embeds}
 
 
 # ---------------------------------------------------------------- TF and Flax bf16 layouts
