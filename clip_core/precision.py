@@ -19,7 +19,7 @@ import numpy as np
 from .cpu import native_bf16
 
 __all__ = ["PRECISIONS", "MIN_COSINE", "PrecisionError", "check_precision", "probe_inputs", "check_embeddings",
-           "min_cosine", "numpy_probe", "verify_precision", "PrecisionWarning", "warn_if_emulated"]
+           "min_cosine", "numpy_probe", "probe_flags", "probe_rows", "verify_precision", "PrecisionWarning", "warn_if_emulated"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
 #: The least cosine similarity to the fp32 embeddings a precision must keep on every probe row.
@@ -114,7 +114,7 @@ def check_embeddings(precision: str, reference: dict[str, np.ndarray], candidate
 
 def numpy_probe(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``{"text"|"image": (B, D) float32}`` from a model whose feature methods take numpy arrays (clip_tf,
-    clip_flax); a tower without them gives its ``pooler_output``."""
+    clip_flax); a tower without them gives its ``pooler_output``, an image classifier its last hidden state."""
     out = {}
     if hasattr(model, "get_text_features"):
         out["text"] = np.asarray(model.get_text_features(inputs["input_ids"].astype(np.int32)), np.float32)
@@ -123,8 +123,22 @@ def numpy_probe(model, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     if not out:
         key = "input_ids" if "Text" in type(model).__name__ else "pixel_values"
         value = inputs[key].astype(np.int32) if key == "input_ids" else inputs[key]
-        out[key] = np.asarray(model(**{key: value}).pooler_output, np.float32)
+        rows = np.asarray(probe_rows(model(**{key: value}, **probe_flags(model))), np.float32)
+        out[key] = rows.reshape(len(rows), -1)
     return out
+
+
+def probe_flags(model) -> dict:
+    """Call flags for the probe: an image classifier is asked for its hidden states (see :func:`probe_rows`)."""
+    return {"output_hidden_states": True} if "ForImageClassification" in type(model).__name__ else {}
+
+
+def probe_rows(output):
+    """What the probe compares for a model without feature methods: a tower's ``pooler_output``, or an image
+    classifier's last hidden state (B, ...), the input of its classifier: its logits have as few columns as
+    labels, too few for a cosine to mean anything (3 labels: 0.9987 for a bf16 model whose states keep 0.9999)."""
+    pooled = getattr(output, "pooler_output", None)
+    return pooled if pooled is not None else output.hidden_states[-1]
 
 
 def verify_precision(precision: str, reference, candidate) -> dict[str, float]:

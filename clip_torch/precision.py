@@ -22,8 +22,8 @@ import torch
 from torch import nn
 
 from clip_core.cpu import int8_saturates
-from clip_core.precision import (PRECISIONS, PrecisionError, check_embeddings, check_precision, probe_inputs,
-                                 warn_if_emulated)
+from clip_core.precision import (PRECISIONS, PrecisionError, check_embeddings, check_precision, probe_flags,
+                                 probe_inputs, probe_rows, warn_if_emulated)
 
 from .layers import CLIPMLP, CLIPAttention, LayerNorm
 
@@ -246,10 +246,11 @@ def _probe(model: nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndar
         if hasattr(model, "get_image_features"):
             px = torch.from_numpy(inputs["pixel_values"])
             out["image"] = model.get_image_features(pixel_values=px).float().numpy()
-        if not out:  # a tower without a feature method: its pooled output
+        if not out:  # a tower without a feature method: its pooled output (a classifier: its logits)
             key = "input_ids" if "Text" in type(model).__name__ else "pixel_values"
-            res = model(**{key: torch.from_numpy(inputs[key])})
-            out[key] = res.pooler_output.float().numpy()
+            res = model(**{key: torch.from_numpy(inputs[key])}, **probe_flags(model))
+            rows = probe_rows(res).float()
+            out[key] = rows.reshape(len(rows), -1).numpy()
     return out
 
 

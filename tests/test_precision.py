@@ -363,6 +363,25 @@ def test_bf16_outputs_have_the_same_dtypes_in_every_backend(backend, checkpoints
     assert {k: _dtype(v) for k, v in embeds.items()} == {k: "float32" for k in embeds}
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+def test_an_image_classifier_takes_a_precision(backend, checkpoints, tmp_path, precision):
+    """An image classifier has no pooled output: the load-time check compares its last hidden state; the logits
+    come out float32 and close to fp32's."""
+    fw = framework_name(backend)
+    if precision not in OFFERED[fw]:
+        pytest.skip(f"clip_{fw} does not offer {precision} (test_precision_keeps_its_cosine_bound checks the refusal)")
+    ref = backend.CLIPForImageClassification.from_pretrained(checkpoints["tiny-vit"], num_labels=3)
+    ref.save_pretrained(tmp_path / "classifier")
+    low = backend.CLIPForImageClassification.from_pretrained(tmp_path / "classifier", precision=precision)
+    px = as_tensors(backend, low, pixel_values=pixel_inputs(ref.config, 6, seed=99))["pixel_values"]
+    a, b = (m(pixel_values=px, output_hidden_states=True) for m in (ref, low))
+    assert (low.precision, _dtype(b.logits)) == (precision, "float32")
+    states = [to_numpy(o.hidden_states[-1]).astype(np.float32).reshape(6, -1) for o in (a, b)]
+    assert P.MIN_COSINE[precision] <= P.min_cosine(*states) < 1.0 - 1e-9
+    logits = to_numpy(a.logits)
+    np.testing.assert_allclose(to_numpy(b.logits), logits, atol=0.03 * np.abs(logits).max())
+
+
 # ---------------------------------------------------------------- TF and Flax bf16 layouts
 def test_flax_bf16_stores_its_matrices_in_bf16_without_changing_an_output(checkpoints):
     """``precision="bf16"`` keeps kernels and embedding tables in bfloat16 (no per-call cast), LayerNorm and
