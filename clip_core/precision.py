@@ -19,7 +19,8 @@ import numpy as np
 from .cpu import native_bf16
 
 __all__ = ["PRECISIONS", "MIN_COSINE", "PrecisionError", "check_precision", "probe_inputs", "check_embeddings",
-           "min_cosine", "numpy_probe", "probe_flags", "probe_rows", "verify_precision", "PrecisionWarning", "warn_if_emulated"]
+           "min_cosine", "numpy_probe", "probe_flags", "probe_rows", "verify_precision", "PrecisionWarning",
+           "warn_if_emulated"]
 
 PRECISIONS = ("fp32", "bf16", "int8")
 #: The least cosine similarity to the fp32 embeddings a precision must keep on every probe row.

@@ -246,7 +246,7 @@ def _probe(model: nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, np.ndar
         if hasattr(model, "get_image_features"):
             px = torch.from_numpy(inputs["pixel_values"])
             out["image"] = model.get_image_features(pixel_values=px).float().numpy()
-        if not out:  # a tower without a feature method: its pooled output (a classifier: its logits)
+        if not out:  # a tower without a feature method: its pooled output (a classifier: its last hidden state)
             key = "input_ids" if "Text" in type(model).__name__ else "pixel_values"
             res = model(**{key: torch.from_numpy(inputs[key])}, **probe_flags(model))
             rows = probe_rows(res).float()
