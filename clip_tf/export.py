@@ -42,10 +42,10 @@ def _endpoints(model, full_length: bool) -> dict:
         return {"text": (lambda ids, mask: model.get_text_features(ids, mask), _text_spec(model)),
                 "image": (model.get_image_features, [model._pixel_spec()])}
     out = {}
-    if hasattr(model, "_text_embeds_prefix"):
-        out["text"] = (model._text_embeds if full_length else model._text_embeds_prefix, _TEXT_SPEC)
-    if hasattr(model, "_image_embeds"):
-        out["image"] = (model._image_embeds, [model._pixel_spec()])
+    if hasattr(model, "_text_features_prefix"):
+        out["text"] = (model._text_features if full_length else model._text_features_prefix, _TEXT_SPEC)
+    if hasattr(model, "_image_features"):
+        out["image"] = (model._image_features, [model._pixel_spec()])
     return out
 
 

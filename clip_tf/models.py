@@ -231,22 +231,26 @@ class CLIPPreTrainedModel(keras.Model):
 class _TextFeatures:
     """``get_text_features`` / ``encode_text``: XLA-compiled, padded positions skipped by bucketing."""
 
-    def _text_embeds(self, input_ids, attention_mask=None, position_ids=None):
-        out = self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
-        return tf.cast(self.text_projection(out.pooler_output), tf.float32)
+    def _text_embeds(self, pooled):
+        """(B, width) pooled text -> (B, projection_dim) ``text_embeds``, float32 in any precision."""
+        return tf.cast(self.text_projection(pooled), tf.float32)
 
-    def _text_embeds_prefix(self, input_ids, attention_mask):
+    def _text_features(self, input_ids, attention_mask=None, position_ids=None):
+        out = self.text_model(input_ids, attention_mask=attention_mask, position_ids=position_ids)
+        return self._text_embeds(out.pooler_output)
+
+    def _text_features_prefix(self, input_ids, attention_mask):
         """Graph path: run only up to the last pooled position (dynamic shape; not for XLA)."""
         t = self.config.text_config
         needed = tf.reduce_max(pool_positions(input_ids, t.eos_token_id, t.legacy_eos_pooling)) + 1
-        return self._text_embeds(input_ids[:, :needed], attention_mask[:, :needed])
+        return self._text_features(input_ids[:, :needed], attention_mask[:, :needed])
 
     def get_text_features(self, input_ids, attention_mask=None, position_ids=None, output_attentions=None,
                           output_hidden_states=None, return_dict=None, training=False):
         """Projected (not normalised) text features (B, projection_dim), float32. The flags and ``training``
         are accepted for transformers' signature and change nothing (CLIP has no dropout at inference)."""
         if position_ids is not None or not tf.executing_eagerly():
-            return self._text_embeds(input_ids, attention_mask, position_ids)
+            return self._text_features(input_ids, attention_mask, position_ids)
         ids = np.asarray(input_ids).astype(np.int32)
         if ids.ndim != 2:
             raise ValueError(f"input_ids must be (batch, length), got shape {ids.shape}")
@@ -254,7 +258,7 @@ class _TextFeatures:
         n = text_prefix_length(ids, self.config.text_config)
         spec = [tf.TensorSpec([None, None], tf.int32, name="input_ids"),
                 tf.TensorSpec([None, None], tf.int32, name="attention_mask")]
-        fn = self._compiled("text", self._text_embeds, spec)
+        fn = self._compiled("text", self._text_features, spec)
         return fn(tf.constant(ids[:, :n]), tf.constant(mask[:, :n]))
 
     def encode_text(self, text):
@@ -265,13 +269,18 @@ class _TextFeatures:
 class _ImageFeatures:
     """``get_image_features`` / ``encode_image``: XLA-compiled for the configured image size."""
 
-    def _image_embeds(self, pixel_values, interpolate_pos_encoding: bool = False):
+    def _image_embeds(self, pooled):
+        """(B, width) pooled image -> (B, projection_dim) ``image_embeds``, float32 in any precision (a ResNet's
+        attention pool already projects)."""
+        return tf.cast(pooled if self.config.is_resnet else self.visual_projection(pooled), tf.float32)
+
+    def _image_features(self, pixel_values, interpolate_pos_encoding: bool = False):
         if self.config.is_resnet or interpolate_pos_encoding:
             pooled = self.vision_model(pixel_values, interpolate_pos_encoding=interpolate_pos_encoding,
                                        data_format=self.data_format).pooler_output
         else:
             pooled = self.vision_model.pooled(pixel_values, data_format=self.data_format)
-        return tf.cast(pooled if self.config.is_resnet else self.visual_projection(pooled), tf.float32)
+        return self._image_embeds(pooled)
 
     def get_image_features(self, pixel_values, output_attentions=None, output_hidden_states=None,
                            interpolate_pos_encoding: bool = False, return_dict=None, training=False):
@@ -280,8 +289,8 @@ class _ImageFeatures:
         spec = self._pixel_spec()
         x = tf.convert_to_tensor(pixel_values, tf.float32) if tf.executing_eagerly() else pixel_values
         if not tf.executing_eagerly() or not spec.shape.is_compatible_with(x.shape):
-            return self._image_embeds(x, interpolate_pos_encoding)
-        return self._compiled("image", self._image_embeds, [spec])(x)
+            return self._image_features(x, interpolate_pos_encoding)
+        return self._compiled("image", self._image_features, [spec])(x)
 
     def encode_image(self, image):
         """OpenAI's ``model.encode_image(pixels)``."""
@@ -322,9 +331,8 @@ class CLIPModel(_TextFeatures, _ImageFeatures, CLIPPreTrainedModel):
         oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         vision = self._vision(pixel_values, oa, oh, interpolate_pos_encoding, training)
         text = self._text(input_ids, attention_mask, position_ids, oa, oh)
-        image_embeds = vision.pooler_output if self.config.is_resnet else self.visual_projection(vision.pooler_output)
-        image_embeds = _normalize(tf.cast(image_embeds, tf.float32))
-        text_embeds = _normalize(tf.cast(self.text_projection(text.pooler_output), tf.float32))
+        image_embeds = _normalize(self._image_embeds(vision.pooler_output))  # (B_i, D) float32
+        text_embeds = _normalize(self._text_embeds(text.pooler_output))  # (B_t, D) float32
         logits_per_text = tf.matmul(text_embeds, image_embeds, transpose_b=True) * tf.exp(tf.cast(self.logit_scale, tf.float32))
         loss = clip_loss(logits_per_text) if return_loss else None
         return finish(CLIPOutput(loss, tf.transpose(logits_per_text), logits_per_text, text_embeds, image_embeds, text,
@@ -376,8 +384,7 @@ class CLIPTextModelWithProjection(_TextFeatures, CLIPPreTrainedModel):
              output_hidden_states=None, return_dict=None, training=None):
         oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         out = self._text(input_ids, attention_mask, position_ids, oa, oh)
-        embeds = tf.cast(self.text_projection(out.pooler_output), tf.float32)  # float32, as the features
-        return finish(CLIPTextModelOutput(embeds, out.last_hidden_state,
+        return finish(CLIPTextModelOutput(self._text_embeds(out.pooler_output), out.last_hidden_state,
                                           out.hidden_states, out.attentions), rd)
 
 
@@ -419,9 +426,8 @@ class CLIPVisionModelWithProjection(_ImageFeatures, CLIPPreTrainedModel):
              interpolate_pos_encoding=False, return_dict=None, training=None):
         oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         out = self._vision(pixel_values, oa, oh, interpolate_pos_encoding, training)
-        embeds = out.pooler_output if self.config.is_resnet else self.visual_projection(out.pooler_output)
-        embeds = tf.cast(embeds, tf.float32)  # float32, as the features
-        return finish(CLIPVisionModelOutput(embeds, out.last_hidden_state, out.hidden_states, out.attentions), rd)
+        return finish(CLIPVisionModelOutput(self._image_embeds(out.pooler_output), out.last_hidden_state,
+                                            out.hidden_states, out.attentions), rd)
 
 
 @_serializable
