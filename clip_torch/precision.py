@@ -217,6 +217,9 @@ def _to_bf16(model: nn.Module) -> None:
     for t in (*model.parameters(), *model.buffers()):
         if t.is_floating_point() and id(t) not in keep:
             t.data = t.data.to(torch.bfloat16)
+    for module in model.modules():  # ResNet: bf16 convolutions channels-last (see docs/design.md)
+        if isinstance(module, nn.Conv2d) and module.weight.dtype == torch.bfloat16:
+            module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
 
 
 def _to_int8(model: nn.Module) -> None:
