@@ -40,6 +40,9 @@ def _vision_tower(config, attn_implementation: str) -> nn.Module:
 class _TextFeatures:
     """``get_text_features`` / OpenAI's ``encode_text`` (classes with a text projection)."""
 
+    def _text_embeds(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.text_projection(pooled)  # (B, projection_dim)
+
     def get_text_features(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                           position_ids: Optional[torch.Tensor] = None, output_attentions: Optional[bool] = None,
                           output_hidden_states: Optional[bool] = None, return_dict: Optional[bool] = None
@@ -47,7 +50,7 @@ class _TextFeatures:
         """(B, T) ids -> (B, projection_dim) projected, NOT normalized (runs only up to the last EOT);
         the flags are accepted for transformers' signature and change nothing."""
         t = self.text_model(input_ids, attention_mask, position_ids, full_length=False)
-        return self.text_projection(t.pooler_output)
+        return self._text_embeds(t.pooler_output)
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
         """OpenAI's name for :meth:`get_text_features`."""
@@ -108,7 +111,7 @@ class CLIPTextModelWithProjection(_TextFeatures, CLIPPreTrainedModel):
                 ) -> CLIPTextModelOutput:
         oa, oh, rd = output_flags(self.config, output_attentions, output_hidden_states, return_dict)
         t = self.text_model(input_ids, attention_mask, position_ids, oa, oh)
-        return finish(CLIPTextModelOutput(text_embeds=self.text_projection(t.pooler_output),
+        return finish(CLIPTextModelOutput(text_embeds=self._text_embeds(t.pooler_output),
                                           last_hidden_state=t.last_hidden_state, hidden_states=t.hidden_states,
                                           attentions=t.attentions), rd)
 
@@ -246,7 +249,7 @@ class CLIPModel(_TextFeatures, _ImageFeatures, CLIPPreTrainedModel):
         v = self.vision_model(pixel_values, oa, oh, interpolate_pos_encoding)
         t = self.text_model(input_ids, attention_mask, position_ids, oa, oh)
         image_embeds = _unit(self._image_embeds(v.pooler_output))
-        text_embeds = _unit(self.text_projection(t.pooler_output))
+        text_embeds = _unit(self._text_embeds(t.pooler_output))
         logits_per_image, logits_per_text = self._logits(image_embeds, text_embeds)
         out = CLIPOutput(loss=clip_loss(logits_per_text) if return_loss else None,
                          logits_per_image=logits_per_image, logits_per_text=logits_per_text,
