@@ -245,6 +245,26 @@ def test_classify_precision_stays_near_fp32(capsys, tiny_model, image_dir, frame
     assert 0 < diff <= 0.02, f"{framework} {precision}: largest probability change {diff}"
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
+@pytest.mark.filterwarnings("ignore::clip_core.precision.PrecisionWarning")
+def test_embed_precision_keeps_the_bound_and_records_it(capsys, tmp_path, tiny_model, image_dir, precision):
+    """``embed --precision``: the same rows as fp32 (the corrupt file skipped in both), each within the precision's
+    cosine bound of fp32's and not identical to it, and the precision written to the output's metadata."""
+    from clip_core.precision import MIN_COSINE, min_cosine
+
+    rows = {}
+    for p in ("fp32", precision):
+        out = tmp_path / f"{p}.npy"
+        rc, _, err = run_cli(capsys, "embed", image_dir, "--out", out, "--model", tiny_model, "--framework", "torch",
+                             "--precision", p, "--no-progress")
+        assert rc == 0, err
+        assert json.loads(out.with_suffix(".meta.json").read_text())["precision"] == p
+        rows[p] = (np.load(out), out.with_suffix(".index.jsonl").read_text())
+    (fp32, index), (low, low_index) = rows["fp32"], rows[precision]
+    assert low_index == index and low.shape == fp32.shape == (6, 16) and low.dtype == np.float32
+    assert MIN_COSINE[precision] <= min_cosine(fp32, low) < 1.0 - 1e-7
+
+
 @pytest.mark.filterwarnings("default::clip_core.precision.PrecisionWarning")
 def test_bf16_without_bf16_instructions_warns_in_one_line(capsys, tiny_model, image_dir, monkeypatch):
     """On a CPU that would emulate bf16, ``--precision bf16`` still runs, with one line saying it is slower there."""
