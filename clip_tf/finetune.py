@@ -28,6 +28,7 @@ from clip_core.finetune_plan import (LOGIT_SCALE_MAX, LOGIT_SCALE_MIN, FinetuneO
 from clip_core.schema import schema
 
 from .models import clip_loss
+from .primitives import weights_to_come
 from .siglip import siglip_loss
 
 __all__ = ["Trainer", "split_cpu"]
@@ -93,7 +94,8 @@ class Trainer:
             raise NotImplementedError("--grad-checkpointing is not implemented for the tf backend; use "
                                       "--framework torch or drop it")
         if options.precision == "bf16" and model.dtype_policy.name != "mixed_bfloat16":
-            bf16 = type(model)(model.config, dtype="mixed_bfloat16", data_format=model.data_format)
+            with weights_to_come():
+                bf16 = type(model)(model.config, dtype="mixed_bfloat16", data_format=model.data_format)
             bf16.load_canonical(model.canonical_weights())
             model = bf16
         self.model, self.options, self.replicas = model, options, int(replicas)

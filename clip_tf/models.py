@@ -18,7 +18,7 @@ from clip_core.outputs import (CLIPOutput, CLIPTextModelOutput, CLIPVisionModelO
 from clip_core.schema import from_backend, to_backend
 from clip_core.precision import check_precision, verify_precision, warn_if_emulated
 
-from .primitives import Dense, float32_products, named_variables, param, policy_dtype
+from .primitives import Dense, float32_products, named_variables, param, policy_dtype, weights_to_come
 from .resnet import ModifiedResNet
 from .text import CLIPTextTransformer, pool_positions
 from .vision import CLIPVisionTransformer
@@ -105,14 +105,21 @@ class CLIPPreTrainedModel(keras.Model):
 
     def load_canonical(self, weights: dict, source: str = "weights") -> None:
         """Assign canonical ``{name: array}`` weights (strict: a named diff on any mismatch)."""
+        self._assign(self._backend_arrays(weights, source))
+
+    def _backend_arrays(self, weights: dict, source: str) -> dict[str, np.ndarray]:
+        """Canonical weights -> ``{tf path: array}`` of this model's part (strict, named diff on mismatch)."""
         weights = select_part(weights, self.config, self.part, self.num_labels)
-        arrays = to_backend(weights, self.config, "tf", self.part, self.num_labels, source=source)
+        return to_backend(weights, self.config, "tf", self.part, self.num_labels, source=source)
+
+    def _assign(self, arrays: dict[str, np.ndarray]) -> None:
+        """Assign ``{tf path: array}`` (:func:`conversion.to_backend`'s output) to every variable."""
         index = self.variable_index()
         if set(arrays) != set(index):  # a bug in this package, not in the checkpoint
             raise RuntimeError(f"clip_tf variable paths differ from the schema: "
                                f"{sorted(set(arrays) ^ set(index))}")
         for path, array in arrays.items():
-            index[path].assign(array.astype(index[path].dtype))
+            index[path].assign(array.astype(index[path].dtype, copy=False))
 
     def canonical_weights(self) -> dict[str, np.ndarray]:
         """The weights as canonical ``{name: float32 array}`` (Hugging Face PyTorch names and layouts)."""
@@ -139,12 +146,15 @@ class CLIPPreTrainedModel(keras.Model):
         reference_kwargs = dict(kwargs)
         if precision == "bf16":
             dtype = "bfloat16"
-        model = cls(loaded.config, dtype=dtype, **kwargs)
-        model.load_canonical(loaded.weights, source=loaded.source)
+        with weights_to_come():
+            model = cls(loaded.config, dtype=dtype, **kwargs)
+        arrays = model._backend_arrays(loaded.weights, loaded.source)
+        model._assign(arrays)
         model.precision = precision
         if precision == "bf16":  # checked against the same weights in float32
-            reference = cls(loaded.config, **reference_kwargs)
-            reference.load_canonical(loaded.weights, source=loaded.source)
+            with weights_to_come():
+                reference = cls(loaded.config, **reference_kwargs)
+            reference._assign(arrays)
             # Its one probe batch runs eagerly: ViT-B/32's took 1.5 s against 10 s for XLA-compiling it (fp32
             # eager and compiled features differ by < 1e-5, far inside the bound).
             reference._eager_features = True

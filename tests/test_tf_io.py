@@ -43,6 +43,29 @@ def test_strict_loading_names_the_missing_tensor(tmp_path):
         model.load_canonical(weights)
 
 
+def test_from_pretrained_draws_no_initial_values_it_overwrites(vit, monkeypatch):
+    """Loading builds the model with zero variables (``weights_to_come``) and assigns every one: no random draw,
+    in fp32 and in bf16 (whose float32 reference model is a second build), and the weights are the file's."""
+    from clip_tf.primitives import weights_to_come
+
+    def no_draw(*args, **kwargs):
+        raise AssertionError("a random initial value was drawn")
+
+    monkeypatch.setattr(keras.initializers.GlorotUniform, "__call__", no_draw)
+    path, loaded = vit
+    for precision in ("fp32", "bf16"):
+        model = clip_tf.CLIPModel.from_pretrained(path, precision=precision)
+        assert model.precision == precision
+    expected = loaded.canonical_weights()
+    for name, value in clip_tf.CLIPModel.from_pretrained(path).canonical_weights().items():
+        np.testing.assert_array_equal(value, expected[name], err_msg=name)
+    with weights_to_come():
+        blank = clip_tf.CLIPModel(tiny_vit_config())
+    assert not any(np.any(v.numpy()) for v in blank.variable_index().values())
+    with pytest.raises(AssertionError, match="random initial value"):
+        clip_tf.CLIPModel(tiny_vit_config())
+
+
 @pytest.mark.parametrize("cls,part", [("CLIPTextModel", "text"), ("CLIPVisionModelWithProjection",
                                                                   "vision_with_projection")])
 def test_tower_drops_other_tower_and_round_trips(tmp_path, vit, cls, part):
