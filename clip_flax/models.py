@@ -103,8 +103,12 @@ class FlaxCLIPPreTrainedModel:
 
     def load_canonical(self, weights: dict, source: str = "weights") -> None:
         """Install canonical ``{name: array}`` weights (tensors of other parts dropped; strict otherwise)."""
+        self.load_flat(self._backend_arrays(weights, source))
+
+    def _backend_arrays(self, weights: dict, source: str) -> dict[str, np.ndarray]:
+        """Canonical weights -> ``{flax path: array}`` of this model's part (strict, named diff on mismatch)."""
         weights = select_part(weights, self.config, self.part, self.num_labels)
-        self.load_flat(to_backend(weights, self.config, "flax", self.part, self.num_labels, source=source))
+        return to_backend(weights, self.config, "flax", self.part, self.num_labels, source=source)
 
     # ------------------------------------------------------------------ jitted apply
     def _jitted(self, method: Optional[str], **static: Any):
@@ -152,12 +156,13 @@ class FlaxCLIPPreTrainedModel:
             raise TypeError(f"{cls.__name__}.from_pretrained() got unexpected keyword arguments {sorted(kwargs)}")
         dtype = jnp.bfloat16 if precision == "bf16" else dtype
         model = cls(loaded.config, dtype=dtype, _do_init=False, param_dtype=param_dtype, num_labels=loaded.num_labels)
-        model.load_canonical(loaded.weights, source=loaded.source)
+        flat = model._backend_arrays(loaded.weights, loaded.source)
+        model.load_flat(flat)
         model.precision = precision
         if precision == "bf16":  # checked against the same weights in float32
             model.params = bf16_matrices(model.params)
             reference = cls(loaded.config, _do_init=False, num_labels=loaded.num_labels)
-            reference.load_canonical(loaded.weights, source=loaded.source)
+            reference.load_flat(flat)
             verify_precision(precision, reference, model)
         return loaded.result((model, model.params) if return_params else model)
 
