@@ -50,10 +50,18 @@ def _record(fmt: str, framework: str, arch: str, meta: dict) -> None:
 
 
 def _export(capsys, tmp_path, checkpoints, fmt, framework, arch, *extra) -> dict:
+    from clip_zoo import engines
+
     backend_module(framework)
     out = tmp_path / f"{fmt}-{framework}-{arch}"
-    rc, stdout, err = run_cli(capsys, "export", checkpoints[arch], out, "--to", fmt, "--framework", framework, *extra)
+    encoders, load = [], engines.load_encoder
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(engines, "load_encoder", lambda *a, **k: encoders.append(load(*a, **k)) or encoders[-1])
+        rc, stdout, err = run_cli(capsys, "export", checkpoints[arch], out, "--to", fmt, "--framework", framework,
+                                  *extra)
     assert rc == 0, err[-3000:]
+    if framework == "tf":  # the reference ran TF's plain graph, not one XLA compile per shape of the battery
+        assert [e.model.jit_compile for e in encoders] == [False]
     meta = json.loads((out / "model.json").read_text())
     assert "text_embeds: worst" in stdout and "image_embeds: worst" in stdout
     return meta
