@@ -12,8 +12,8 @@ of 64 short prompts (77-padded), on the same random weights, in
 
 all interleaved, with the same-run rates of a 2048³ matmul per framework and precision (torch fp32,
 bf16 and int8 through :class:`clip_torch.precision.Int8Linear`; JAX and TF fp32 and bf16; TF int8
-through LiteRT) as the ceilings: each model's GFLOP/s (FLOPs counted once on the meta device) is also given as a share of
-its framework's rate at its precision. Every contender's features are checked against our fp32 ones
+through LiteRT) as the ceilings: each model's GFLOP/s (FLOPs counted once on the meta device) is also given
+as a share of its framework's rate at its precision. Every contender's features are checked against our fp32 ones
 first (least cosine similarity, recorded). ``--quick`` uses the bundled model (image b16, text b8,
 one round) to prove the command works; writes ``results/precision[_quick].json``.
 """
@@ -92,8 +92,8 @@ def _numpy_contenders(backend: str, path: Path, px: np.ndarray, ids: np.ndarray)
 def _onnx_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) -> dict:
     """ONNX Runtime on ``clip-zoo export --to onnx``'s fp32 graphs and on their int8 version. The int8 graphs
     are what ``--int8`` writes: the same (deterministic) fp32 export passed through the command's quantization
-    (:func:`clip_zoo.export._quantize`); applied to a copy here, which saves a second ~30 s export."""
-    from clip_zoo.export import _quantize
+    (:func:`clip_zoo.export.quantize_onnx`); applied to a copy here, which saves a second ~30 s export."""
+    from clip_zoo.export import quantize_onnx
     from clip_zoo.onnx_engine import OnnxEncoder
 
     out, feed = {}, _text_feed(ids, path, np.int64)
@@ -101,7 +101,8 @@ def _onnx_contenders(path: Path, px: np.ndarray, ids: np.ndarray, root: Path) ->
            "--framework", "torch"]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     shutil.copytree(root / "onnxruntime_fp32", root / "onnxruntime_int8")
-    _quantize(root / "onnxruntime_int8", json.loads((root / "onnxruntime_fp32" / "model.json").read_text())["files"])
+    files = json.loads((root / "onnxruntime_fp32" / "model.json").read_text())["files"]
+    quantize_onnx(root / "onnxruntime_int8", files)
     for name in ("onnxruntime_fp32", "onnxruntime_int8"):
         enc = OnnxEncoder(root / name)
         out[name] = (lambda e=enc: e._image_features(px), lambda e=enc: e._text_features(**feed))

@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import Union
 
 from .errors import CLIZooError
 
-__all__ = ["add_parser", "run", "FORMATS"]
+__all__ = ["add_parser", "run", "quantize_onnx", "FORMATS"]
 
 # format -> (the frameworks that write it, the backend function)
 FORMATS = {"onnx": (("torch", "tf", "flax"), "export_onnx"), "litert": (("tf",), "export_litert"),
@@ -82,23 +84,25 @@ def _check_precision(args: argparse.Namespace, framework: str) -> None:
         raise CLIZooError("onnxruntime's CPU kernels do not run bf16 graphs, pass --dtype fp16 or --to pt2")
 
 
-_INT8_OPS = ["MatMul", "Gemm", "Gather"]  # products and embedding tables: see _quantize
+_INT8_OPS = ["MatMul", "Gemm", "Gather"]  # products and embedding tables: see quantize_onnx
 
 
-def _quantize(directory: Path, files: dict) -> None:
-    """onnxruntime's dynamic quantization of each graph in place: int8 weights per output channel in 7 bits
-    (``reduce_range``), u8 activations quantized per call. The file outlives the CPU that wrote it, and on
-    x86 without VNNI onnxruntime adds u8 x s8 pairs into int16 with saturation: full 8-bit weights came out
-    6% off on a worst-case product there, 7-bit ones 0.05%. Per-channel scales win back what the lost bit
-    costs (ViT-B/32 random weights, least cosine to fp32: image 0.9987, text 0.9984; 8-bit per tensor
-    0.9993 / 0.9989), at the same speed. Only products (MatMul, Gemm) and embedding tables (Gather, stored
-    int8 and dequantized after the lookup) are quantized: onnxruntime's dynamic
-    int8 convolution (ConvInteger) ran RN50's image b16 in 5.4-5.9 s against 1.47 s in fp32, and the
+def quantize_onnx(directory: Union[str, os.PathLike], files: dict[str, str]) -> None:
+    """What ``--int8`` does to an ONNX export: onnxruntime's dynamic quantization, in place, of each graph
+    ``directory / files[part]`` (``files`` as in ``model.json``: ``{part: file name}``).
+
+    Weights are int8 per output channel in 7 bits (``reduce_range``), u8 activations quantized per call. The
+    file outlives the CPU that wrote it, and on x86 without VNNI onnxruntime adds u8 x s8 pairs into int16 with
+    saturation: full 8-bit weights came out 6% off on a worst-case product there, 7-bit ones 0.05%.
+    Per-channel scales win back what the lost bit costs (ViT-B/32 random weights, least cosine to fp32: image
+    0.9987, text 0.9984; 8-bit per tensor 0.9993 / 0.9989), at the same speed. Only products (MatMul, Gemm)
+    and embedding tables (Gather, stored int8 and dequantized after the lookup) are quantized: onnxruntime's
+    dynamic int8 convolution (ConvInteger) ran RN50's image b16 in 5.4-5.9 s against 1.47 s in fp32, and the
     products alone in 1.37 s; a ViT keeps its one patch convolution in fp32 (~3% slower than with it)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     for name in files.values():
-        path = directory / name
+        path = Path(directory) / name
         tmp = path.with_suffix(".fp32.onnx")
         path.rename(tmp)
         quantize_dynamic(str(tmp), str(path), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True,
@@ -156,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"exporting {', '.join(parts)} from {framework} to {args.to} ...", file=sys.stderr)
         files = getattr(backend_export, FORMATS[args.to][1])(encoder.model, tmp, parts=parts, **kwargs)
         if args.int8 and args.to == "onnx":
-            _quantize(tmp, files)
+            quantize_onnx(tmp, files)
         report = verify(encoder, tmp, files, args.to, backend_export, "int8" if args.int8 else args.dtype)
         print(format_report(report))
         if not report["ok"]:

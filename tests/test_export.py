@@ -246,7 +246,7 @@ def test_onnx_int8_weights_do_not_saturate_without_vnni(tmp_path):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from clip_zoo.export import _quantize
+    from clip_zoo.export import quantize_onnx
 
     rng = np.random.default_rng(0)
     w = rng.uniform(0.5, 1.0, (256, 32)).astype(np.float32)
@@ -256,7 +256,7 @@ def test_onnx_int8_weights_do_not_saturate_without_vnni(tmp_path):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 32])],
                               [numpy_helper.from_array(w, "w")])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "linear.onnx")
-    _quantize(tmp_path, {"linear": "linear.onnx"})
+    quantize_onnx(tmp_path, {"linear": "linear.onnx"})
     quantized = onnx.load(tmp_path / "linear.onnx")
     assert not any(t.data_type == TensorProto.FLOAT and t.name == "w" for t in quantized.graph.initializer)
     y = ort.InferenceSession(str(tmp_path / "linear.onnx"), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
