@@ -54,14 +54,14 @@ TORCH_THREADS = _share_cores()
 def _share_jax_compilations() -> str | None:
     """One on-disk JAX compilation cache for the session, so an XLA program compiled by one process is
     loaded, not compiled again, by the others: xdist workers and the CLI subprocesses of the tests compile
-    the same tiny models and batteries many times (the Flax model tests: 134 -> 115 s on 2 cores; the
-    same for TensorFlow's ``--tf_xla_persistent_cache_directory`` measured no gain). Results are unchanged:
-    the cache only skips the compiler. Set in the controlling process, which removes the folder at exit
+    the same tiny models and batteries many times (the Flax model tests: 134 -> 115 s on 2 cores;
+    TensorFlow's ``--tf_xla_persistent_cache_directory`` measured no gain, so it is not set). Results are
+    unchanged: the cache only skips the compiler. Set in the controlling process, which removes the folder at exit
     (``pytest_unconfigure``); workers and subprocesses inherit the variable. A caller's own setting is kept.
     Returns the folder this process created, else None."""
     if os.environ.get("PYTEST_XDIST_WORKER") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
         return None
-    folder = tempfile.mkdtemp(prefix="clip-zoo-xla-cache-")
+    folder = tempfile.mkdtemp(prefix="clip-zoo-jax-cache-")
     os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # tiny models compile in < 1 s
     return folder
