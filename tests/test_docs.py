@@ -163,7 +163,7 @@ def _fake_summary() -> dict:
     env = {"cpu": "test CPU", "cpus": 2, "time": "2026-01-01T00:00:00Z", "versions": {"numpy": "2"}}
     fast = {"environment": env, "ratios": {"x_vs_y": 2.0},
             "timings": {"a": {"median": 0.0123, "min": 0.011, "max": 0.0151, "runs": [0.0123]}}}
-    slow = {"environment": env, "seconds": {"ours": {"median": 46.768, "min": 45.97, "max": 47.56}},
+    slow = {"environment": {**env, "cpu": "older CPU", "isa": ["avx2"]}, "seconds": {"ours": {"median": 46.768, "min": 45.97, "max": 47.56}},
             "torch_spelling": {"median_s": 12.5, "min_s": 12.0, "max_s": 13.0}}
     return {"quick": True, "environment": env, "matmul_gflops": 100.0, "runs": {
         "fast": {"status": "ok", "seconds": 1.0, "result": fast},
@@ -194,6 +194,8 @@ def test_report_units_and_empty_sections_on_a_fake_result(tmp_path):
     parts = sections(markdown)
     assert "| timings/a | 12.30 | 11.00–15.10 |" in parts["fast"]
     assert "median s" in parts["slow"] and "| seconds/ours | 46.768 |" in parts["slow"]
+    assert "CPU: test CPU (2 cores);" in markdown  # the header's machine; a section from another names its own
+    assert "on older CPU (2 cores; avx2)" in parts["slow"] and " on " not in parts["fast"].splitlines()[2]
     assert "| torch_spelling | 12.500 |" in parts["slow"]
     assert not tables(parts["Targets"]) and "No targets" in parts["Targets"]
     assert "No tables: skipped (benchmarks.bench_gone" in parts["gone"] and not tables(parts["gone"])
