@@ -21,7 +21,8 @@ ATTN_IMPLEMENTATIONS = ("sdpa", "eager")
 # Inference on CPU goes through oneDNN kernels: its fp32 gemm runs 10-30% faster than the MKL sgemm
 # behind F.linear on the CPUs we measured (AMD EPYC, AVX2), and the ResNet's convolutions run with
 # BatchNorm folded in and ReLU / residual add fused. The sums differ only in rounding (normalized
-# embeddings move by < 1e-6). CLIP_TORCH_ONEDNN=0 (or setting this to False) turns both off.
+# embeddings move by < 1e-6). bf16 linears take the same gemm where the CPU has bf16 instructions.
+# CLIP_TORCH_ONEDNN=0 (or setting this to False) turns all of them off.
 ONEDNN = os.environ.get("CLIP_TORCH_ONEDNN", "1") != "0"
 
 
@@ -43,16 +44,39 @@ def _onednn_built() -> bool:
     return torch.backends.mkldnn.is_available() and all(hasattr(torch.ops.mkldnn, op) for op in ops)
 
 
-def onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether the oneDNN inference kernels apply: enabled, no autograd, fp32 input and weight on CPU."""
-    return (ONEDNN and not torch.is_grad_enabled() and x.device.type == "cpu"
-            and x.dtype == torch.float32 and weight.dtype == torch.float32 and weight.is_contiguous()
+@functools.lru_cache(maxsize=1)
+def onednn_bf16() -> bool:
+    """oneDNN has bfloat16 instructions to run bf16 products on this CPU (AVX512-BF16, AMX, Arm BF16);
+    torch's own check, False where this torch lacks it."""
+    check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check is not None and check())
+    except RuntimeError:
+        return False
+
+
+def _onednn_inference(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """oneDNN's inference kernels are enabled and apply: no autograd, CPU, contiguous weight, eager mode."""
+    return (ONEDNN and not torch.is_grad_enabled() and x.device.type == "cpu" and weight.is_contiguous()
             and torch.backends.mkldnn.enabled and _onednn_built() and not _is_compiling() and not _autocasting(x))
 
 
+def onednn_ok(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the oneDNN inference kernels apply: enabled, no autograd, fp32 input and weight on CPU."""
+    return x.dtype == torch.float32 and weight.dtype == torch.float32 and _onednn_inference(x, weight)
+
+
+def _onednn_bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """bf16 input, weight and bias where oneDNN runs bf16 natively: its linear skips the bias copy that
+    ``F.linear`` (addmm) makes first (~3% of a bf16 ViT-B/32 image b16; see docs/design.md)."""
+    return (x.dtype == weight.dtype == torch.bfloat16 and (bias is None or bias.dtype == torch.bfloat16)
+            and _onednn_inference(x, weight) and onednn_bf16())
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``F.linear``; without autograd, for fp32 on CPU, through oneDNN's gemm (see ``ONEDNN``)."""
-    if onednn_ok(x, weight):
+    """``F.linear``; without autograd on CPU, for fp32 (and bf16 where the CPU has bf16 instructions),
+    through oneDNN's gemm (see ``ONEDNN``)."""
+    if onednn_ok(x, weight) or _onednn_bf16_linear(x, weight, bias):
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return F.linear(x, weight, bias)
 

@@ -125,6 +125,26 @@ def test_onednn_linear_matches_f_linear_and_keeps_autograd_path():
     assert layer.weight.grad is not None and x.grad is not None
 
 
+@pytest.mark.parametrize("bf16_instructions", [True, False])
+def test_bf16_linear_runs_onednn_only_where_the_cpu_has_bf16(monkeypatch, bf16_instructions):
+    from clip_torch import layers
+
+    if bf16_instructions and not layers.onednn_bf16():
+        pytest.skip("this CPU has no bf16 instructions for oneDNN")
+    if not bf16_instructions:  # as on a CPU without them: F.linear (addmm), whatever this one has
+        monkeypatch.setattr(layers, "onednn_bf16", lambda: False)
+    layer = layers.Linear(96, 80).to(torch.bfloat16)
+    x = torch.from_numpy(np.random.default_rng(6).normal(size=(3, 7, 96)).astype(np.float32)).to(torch.bfloat16)
+    with torch.inference_mode(), torch.profiler.profile() as prof:
+        out = layer(x)
+    ops = {event.key for event in prof.key_averages()}
+    assert ("mkldnn::_linear_pointwise" in ops) is bf16_instructions, sorted(ops)
+    assert out.dtype == torch.bfloat16 and out.shape == (3, 7, 80)
+    with torch.no_grad():
+        ref = torch.nn.functional.linear(x.float(), layer.weight.float(), layer.bias.float())
+    np.testing.assert_allclose(out.float().numpy(), ref.numpy(), rtol=1e-2, atol=1e-2)
+
+
 def test_folded_resnet_follows_weight_changes_and_train_mode():
     model, image = _resnet_setup()
     tower = model.vision_model
