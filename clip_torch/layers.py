@@ -47,7 +47,8 @@ def _onednn_built() -> bool:
 @functools.lru_cache(maxsize=1)
 def onednn_bf16() -> bool:
     """oneDNN has bfloat16 instructions to run bf16 products on this CPU (AVX512-BF16, AMX, Arm BF16);
-    torch's own check, False where this torch lacks it."""
+    torch's own check, False where this torch lacks it. Not ``clip_core.cpu.native_bf16``: that reads the
+    CPU flags (for the load-time warning, in every backend), this asks the library that runs the kernel."""
     check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
     try:
         return bool(check is not None and check())

@@ -163,7 +163,8 @@ def _fake_summary() -> dict:
     env = {"cpu": "test CPU", "cpus": 2, "time": "2026-01-01T00:00:00Z", "versions": {"numpy": "2"}}
     fast = {"environment": env, "ratios": {"x_vs_y": 2.0},
             "timings": {"a": {"median": 0.0123, "min": 0.011, "max": 0.0151, "runs": [0.0123]}}}
-    slow = {"environment": {**env, "cpu": "older CPU", "isa": ["avx2"]}, "seconds": {"ours": {"median": 46.768, "min": 45.97, "max": 47.56}},
+    slow = {"environment": {**env, "cpu": "older CPU", "isa": ["avx2"]},
+            "seconds": {"ours": {"median": 46.768, "min": 45.97, "max": 47.56}},
             "torch_spelling": {"median_s": 12.5, "min_s": 12.0, "max_s": 13.0}}
     return {"quick": True, "environment": env, "matmul_gflops": 100.0, "runs": {
         "fast": {"status": "ok", "seconds": 1.0, "result": fast},
