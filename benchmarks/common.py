@@ -24,8 +24,27 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
+def settle(quiet: float = 0.1, slice_s: float = 0.005, limit_s: float = 0.5) -> float:
+    """Wait until this process's threads are idle: until a ``slice_s`` sleep costs the process at most
+    ``quiet`` of one core in CPU time, or ``limit_s`` has passed. Returns the seconds waited.
+
+    Runtimes keep their worker threads spinning after a call returns, on the cores the next call needs:
+    ONNX Runtime's burnt ~40 ms of CPU in the 50 ms after each call here, torch's OpenMP threads ~10 ms,
+    OpenVINO's ~1 ms, XLA's, TensorFlow's and LiteRT's none. Timed right after ONNX Runtime, LiteRT's text
+    b64 took 0.086 s instead of 0.061 s (2-core EPYC), so whoever followed a spinning runtime paid for it.
+    """
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        cpu, wall = time.process_time(), time.perf_counter()
+        time.sleep(slice_s)
+        if time.process_time() - cpu <= quiet * (time.perf_counter() - wall):
+            break
+    return time.perf_counter() - start
+
+
 def interleaved(contenders: Mapping[str, Callable[[], Any]], repeats: int = 5, warmup: int = 1) -> dict[str, dict]:
-    """Run each contender ``warmup`` times, then ``repeats`` rounds A, B, C, A, B, C, ...
+    """Run each contender ``warmup`` times, then ``repeats`` rounds A, B, C, A, B, C, ..., each timed call
+    starting on idle cores (:func:`settle`: the previous contender's threads have stopped spinning).
 
     Returns ``{name: {"median": s, "min": s, "max": s, "runs": [...]}}``.
     """
@@ -35,6 +54,7 @@ def interleaved(contenders: Mapping[str, Callable[[], Any]], repeats: int = 5, w
     runs: dict[str, list[float]] = {name: [] for name in contenders}
     for _ in range(repeats):
         for name, fn in contenders.items():
+            settle()
             runs[name].append(timed(fn))
     return {name: {"median": statistics.median(r), "min": min(r), "max": max(r), "runs": r}
             for name, r in runs.items()}
