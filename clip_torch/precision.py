@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from types import SimpleNamespace
 from typing import Any, Optional
 
 import numpy as np
@@ -26,6 +27,7 @@ from clip_core.precision import (PRECISIONS, PrecisionError, check_embeddings, c
                                  probe_inputs, probe_rows, warn_if_emulated)
 
 from .layers import CLIPMLP, CLIPAttention, LayerNorm
+from .vision import CLIPVisionEmbeddings
 
 __all__ = ["PRECISIONS", "apply_precision", "Int8Linear", "Int8MLP"]
 
@@ -222,11 +224,23 @@ def _to_bf16(model: nn.Module) -> None:
             module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
 
 
+def _patch_int8(embeddings: CLIPVisionEmbeddings, kernel: str) -> Int8Linear:
+    """A ViT's patch embedding (a stride = kernel conv, run as a matmul over flattened patches) as an int8
+    linear: (D, C, p, p) weights -> (D, C*p*p). The conv is ~3% of ViT-B/32's products and, left in float32,
+    ~8% of its int8 image forward."""
+    conv = embeddings.patch_embedding
+    linear = SimpleNamespace(weight=conv.weight.reshape(conv.weight.shape[0], -1), bias=conv.bias)
+    return Int8Linear(linear, kernel=kernel)
+
+
 def _to_int8(model: nn.Module) -> None:
     kernel = _int8_kernel()
     if kernel is None:
         raise _no_kernel()
     for name, module in list(model.named_modules()):
+        if isinstance(module, CLIPVisionEmbeddings):
+            module.patch_proj = _patch_int8(module, kernel)
+            continue
         if ".encoder." not in f".{name}.":
             continue
         if isinstance(module, CLIPAttention):  # q|k|v as one int8 linear: the input is quantized once

@@ -1,6 +1,8 @@
 """The Vision Transformer tower: patch embedding, class token, pre/post LayerNorm (HF names)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -28,6 +30,7 @@ class CLIPVisionEmbeddings(nn.Module):
             self.class_embedding = normal_parameter(d, std=d ** -0.5)  # HF init
         self.patch_embedding = nn.Conv2d(config.num_channels, d, kernel_size=p, stride=p, bias=patch_bias)
         self.position_embedding = nn.Embedding(config.num_positions, d)
+        self.patch_proj: Optional[nn.Module] = None  # the patch matmul as one module, set by the int8 path
 
     def patchify(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) -> (B, N, D): the conv as a matmul over flattened patches (exact)."""
@@ -38,6 +41,8 @@ class CLIPVisionEmbeddings(nn.Module):
         gh, gw = H // p, W // p
         x = x[:, :, : gh * p, : gw * p].reshape(B, C, gh, p, gw, p)
         x = x.permute(0, 2, 4, 1, 3, 5).reshape(B, gh * gw, C * p * p)  # (B, N, C*p*p)
+        if self.patch_proj is not None:
+            return self.patch_proj(x)
         out = torch.matmul(x, w.reshape(w.shape[0], -1).t())  # (B, N, D)
         bias = self.patch_embedding.bias
         return out if bias is None else out + bias

@@ -229,6 +229,30 @@ def test_each_int8_kernel_keeps_the_bound(checkpoints, kernel, monkeypatch):
 
 
 @pytest.mark.parametrize("kernel", ["onednn", "fbgemm"])
+def test_an_int8_vit_embeds_its_patches_in_int8(checkpoints, kernel, monkeypatch):
+    """The patch embedding (a stride = kernel conv run as a matmul) is an int8 linear too: its output within
+    int8 rounding of the float32 conv's (relative error <= 2%, and not exact), the conv itself kept."""
+    torch = pytest.importorskip("torch")
+    import clip_torch
+    from clip_torch import precision as TP
+
+    if kernel not in _int8_kernels():
+        pytest.skip(f"this torch has no {kernel} int8 kernel")
+    monkeypatch.setattr(TP, "_int8_kernel", lambda: kernel)
+    low = clip_torch.CLIPModel.from_pretrained(checkpoints["tiny-vit"], precision="int8")
+    emb = low.vision_model.embeddings
+    assert isinstance(emb.patch_proj, TP.Int8Linear) and emb.patch_proj.kernel == kernel
+    assert emb.patch_embedding.weight.dtype == torch.float32
+    px = torch.from_numpy(pixel_inputs(low.config, 3))
+    with torch.inference_mode():
+        out = emb.patchify(px)  # (B, N, D)
+        emb.patch_proj = None
+        ref = emb.patchify(px)  # the float32 conv
+    err = float((out - ref).norm() / ref.norm())
+    assert 1e-5 < err <= 0.02, f"patch embedding through {kernel}: relative error {err}"
+
+
+@pytest.mark.parametrize("kernel", ["onednn", "fbgemm"])
 def test_int8_linear_takes_empty_and_non_finite_rows(kernel):
     """No rows give no rows; a row holding NaN or inf comes out NaN (as in float32) and the other rows are
     what they are without it (it does not widen their quantization range)."""
