@@ -32,9 +32,23 @@ class LayerNorm(nn.LayerNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        if self._mixed(x):  # torch's CPU kernel reads bf16 and computes in fp32: no float32 copies
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
         w = None if self.weight is None else self.weight.float()
         b = None if self.bias is None else self.bias.float()
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
+
+    def _mixed(self, x: torch.Tensor) -> bool:
+        """bf16 input and float32 affine parameters on CPU, without autograd."""
+        return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()
+                and self.weight is not None and self.bias is not None
+                and self.weight.dtype == self.bias.dtype == torch.float32)
+
+    def scaled(self, x: torch.Tensor, k: float) -> Optional[torch.Tensor]:
+        """``k * self(x)`` for a bf16 ``x`` on CPU (the affine parameters scaled, a pass saved), else None."""
+        if not self._mixed(x):
+            return None
+        return F.layer_norm(x, self.normalized_shape, self.weight * k, self.bias * k, self.eps)
 
 
 @functools.lru_cache(maxsize=1)
@@ -96,6 +110,13 @@ def normal_parameter(*shape: int, std: float) -> nn.Parameter:
     if not p.is_meta:
         nn.init.normal_(p, std=std)
     return p
+
+
+#: oneDNN post-ops for the activations it computes inside a linear's kernel: (name, algorithm, k) with
+#: activation(h) = post_op(k·h) / k. quick_gelu(h) = h·σ(1.702 h) = swish(1.702 h) / 1.702.
+FUSED_ACTIVATIONS = {"quick_gelu": ("swish", "", 1.702), "gelu": ("gelu", "none", 1.0),
+                     "gelu_pytorch_tanh": ("gelu", "tanh", 1.0), "gelu_new": ("gelu", "tanh", 1.0),
+                     "relu": ("relu", "", 1.0)}
 
 
 def _quick_gelu(x: torch.Tensor) -> torch.Tensor:
@@ -164,6 +185,11 @@ def _is_compiling() -> bool:
 def _autocasting(x: torch.Tensor) -> bool:
     """Inside ``torch.autocast`` for ``x``'s device: the plain ops run, so autocast picks their dtypes."""
     return torch.is_autocast_enabled(x.device.type)
+
+
+#: Up to this many keys a bf16 attention runs on float32 copies of q / k / v (64 prompts of 7 tokens:
+#: ~0.4 against ~0.8 ms a layer; docs/design.md, inference precision).
+SHORT_KEYS = 16
 
 
 class CLIPAttention(nn.Module):
@@ -236,7 +262,7 @@ class CLIPAttention(nn.Module):
         if first_query_only and (attention_mask is not None or is_causal):
             raise ValueError("first_query_only takes no attention mask")
         q, k, v = self._qkv(x, first_query_only)
-        Tq = q.shape[2]
+        Tq, dtype = q.shape[2], q.dtype
         p = self.dropout if self.training else 0.0
         weights = None
         if output_attentions or self.attn_implementation == "eager":
@@ -248,10 +274,17 @@ class CLIPAttention(nn.Module):
             weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             out = torch.matmul(F.dropout(weights, p, self.training), v)  # (B, H, T, hd)
         else:
+            if self._short_bf16(q, k):  # torch's bf16 SDPA costs ~2x its fp32 one at a few keys
+                q, k, v = q.float(), k.float(), v.float()
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=p,
                                                  is_causal=is_causal and attention_mask is None, scale=self.scale)
-        out = out.transpose(1, 2).reshape(B, Tq, C)
+        out = out.transpose(1, 2).to(dtype, memory_format=torch.contiguous_format).reshape(B, Tq, C)  # one pass
         return self.out_proj(out), (weights if output_attentions else None)
+
+    def _short_bf16(self, q: torch.Tensor, k: torch.Tensor) -> bool:
+        """bf16 attention over at most ``SHORT_KEYS`` keys on CPU, without autograd: run in float32."""
+        return (q.dtype == torch.bfloat16 and k.shape[2] <= SHORT_KEYS and q.device.type == "cpu"
+                and not torch.is_grad_enabled() and not _is_compiling())
 
 
 def causal_mask(T: int, dtype: torch.dtype, device) -> torch.Tensor:
@@ -277,6 +310,20 @@ class CLIPMLP(nn.Module):
         else:
             h = self.act(h)
         return self.fc2(h)
+
+    def of_norm(self, norm: LayerNorm, x: torch.Tensor) -> torch.Tensor:
+        """``self(norm(x))``. bf16 on oneDNN: the activation runs inside fc1's kernel as
+        ``post_op(k·h) / k`` (``FUSED_ACTIVATIONS``), ``k·h`` coming from the norm's affine parameters
+        and fc1's bias scaled by ``k``: vectors, no weight copy. Saves quick_gelu's two extra passes."""
+        fused = FUSED_ACTIVATIONS.get(self.act_name)
+        if fused is None or not _onednn_bf16_linear(x, self.fc1.weight, self.fc1.bias) or self.fc1.bias is None:
+            return self(norm(x))
+        post, algorithm, k = fused
+        y = norm(x) if k == 1.0 else norm.scaled(x, k)  # (B, T, C) bf16
+        if y is None:
+            return self(norm(x))
+        h = torch.ops.mkldnn._linear_pointwise(y, self.fc1.weight, self.fc1.bias * k, post, [], algorithm)
+        return self.fc2(h if k == 1.0 else h.mul_(1.0 / k))  # (B, T, I) -> (B, T, C)
 
 
 class CLIPEncoderLayer(nn.Module):
@@ -304,7 +351,8 @@ class CLIPEncoderLayer(nn.Module):
             x = x + h
             return x + self.mlp(self.layer_norm2(x)), weights
         x = h.add_(x)  # in place into the fresh branch output (x itself may be kept in hidden_states)
-        return self.mlp(self.layer_norm2(x)).add_(x), weights
+        mlp = self.mlp.of_norm(self.layer_norm2, x) if isinstance(self.mlp, CLIPMLP) else self.mlp(self.layer_norm2(x))
+        return mlp.add_(x), weights
 
 
 class CLIPEncoder(nn.Module):

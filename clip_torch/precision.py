@@ -26,7 +26,7 @@ from clip_core.cpu import int8_saturates
 from clip_core.precision import (PRECISIONS, PrecisionError, check_embeddings, check_precision, probe_flags,
                                  probe_inputs, probe_rows, warn_if_emulated)
 
-from .layers import CLIPMLP, CLIPAttention, LayerNorm
+from .layers import FUSED_ACTIVATIONS, CLIPMLP, CLIPAttention, LayerNorm
 from .vision import CLIPVisionEmbeddings
 
 __all__ = ["PRECISIONS", "apply_precision", "Int8Linear", "Int8MLP"]
@@ -69,11 +69,9 @@ def _no_kernel() -> PrecisionError:
                           "export (clip-zoo export --int8)")
 
 
-#: oneDNN post-ops for the activations it computes inside the linear: (name, algorithm, input scale).
-#: quick_gelu(h) = h·σ(1.702 h) = swish(1.702 h) / 1.702: fc1 computes 1.702 h, fc2 takes the 1/1.702.
-_FUSED_ACTIVATIONS = {"quick_gelu": ("swish", "", 1.702), "gelu": ("gelu", "none", 1.0),
-                      "gelu_pytorch_tanh": ("gelu", "tanh", 1.0), "gelu_new": ("gelu", "tanh", 1.0),
-                      "relu": ("relu", "", 1.0)}
+#: The activations oneDNN computes inside the linear (clip_torch.layers.FUSED_ACTIVATIONS): int8's fc1
+#: computes 1.702 h for quick_gelu, fc2 takes the 1/1.702.
+_FUSED_ACTIVATIONS = FUSED_ACTIVATIONS
 
 
 def _quantize_u8(x: torch.Tensor, lo: float, hi: float, top: int = 255) -> tuple[torch.Tensor, float, int]:

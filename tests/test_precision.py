@@ -173,6 +173,101 @@ def test_int8_mlp_matches_the_float_mlp(act, kernel):
     assert 1e-4 < err <= 0.04, f"{act} through {kernel}: relative error {err}"
 
 
+def _ops(fn) -> set:
+    """Names of the aten / mkldnn ops ``fn()`` runs (torch's profiler)."""
+    torch = pytest.importorskip("torch")
+
+    with torch.profiler.profile() as prof:
+        fn()
+    return {e.name for e in prof.events()}
+
+
+def _need_bf16_onednn():
+    from clip_torch.layers import onednn_bf16
+
+    if not onednn_bf16():
+        pytest.skip("oneDNN has no bf16 kernels on this CPU: the bf16 MLP keeps its separate activation")
+
+
+@pytest.mark.parametrize("act", ["quick_gelu", "gelu", "gelu_pytorch_tanh", "relu"])
+def test_a_bf16_mlp_runs_its_activation_inside_fc1(act):
+    """bf16 on oneDNN: ``CLIPMLP.of_norm`` applies the activation inside fc1's kernel (quick_gelu as swish of
+    1.702·h, the 1.702 taken from the norm's affine parameters and fc1's bias), with no separate activation
+    op, and computes the float32 block up to bf16 rounding (relative error <= 1.5%); the parameters are
+    left as they were."""
+    torch = pytest.importorskip("torch")
+    from clip_torch.layers import CLIPMLP, LayerNorm
+
+    _need_bf16_onednn()
+    torch.manual_seed(0)
+    norm, mlp = LayerNorm(64), CLIPMLP(64, 256, act)
+    for p in (*norm.parameters(), *mlp.parameters()):
+        p.data.normal_(0.0, 0.3)
+    x = torch.randn(2, 7, 64)
+    with torch.inference_mode():
+        ref = mlp(norm(x))  # float32
+        mlp.to(torch.bfloat16)  # as precision="bf16": the norm stays float32
+        before = [p.clone() for p in (*norm.parameters(), *mlp.parameters())]
+        xb = x.bfloat16()
+        out = mlp.of_norm(norm, xb)
+        ops = _ops(lambda: mlp.of_norm(norm, xb))
+    assert out.dtype == torch.bfloat16 and out.shape == ref.shape
+    err = float((out.float() - ref).norm() / ref.norm())
+    assert err <= 0.015, f"{act}: relative error {err}"
+    assert not ops & {"aten::sigmoid", "aten::sigmoid_", "aten::gelu", "aten::relu", "aten::relu_"}, sorted(ops)
+    assert all(torch.equal(a, b) for a, b in zip(before, (*norm.parameters(), *mlp.parameters())))
+
+
+def test_a_bf16_layer_norm_makes_no_float32_copies():
+    """A float32 LayerNorm on a bf16 input (CPU, inference) reads the bf16 values directly and gives the
+    float32 result rounded to bf16 (to one bf16 step), with no dtype copy around it."""
+    torch = pytest.importorskip("torch")
+    from clip_torch.layers import LayerNorm
+
+    torch.manual_seed(0)
+    norm = LayerNorm(64)
+    norm.weight.data.normal_(1.0, 0.3)
+    norm.bias.data.normal_(0.0, 0.3)
+    x = torch.randn(4, 9, 64).bfloat16()
+    with torch.inference_mode():
+        ref = norm(x.float())
+        out = norm(x)
+        ops = _ops(lambda: norm(x))
+    assert out.dtype == torch.bfloat16
+    np.testing.assert_allclose(out.float().numpy(), ref.numpy(), rtol=2 ** -7, atol=1e-6)
+    assert not ops & {"aten::to", "aten::_to_copy"}, sorted(ops)
+
+
+@pytest.mark.parametrize("tokens, computes_in", [(7, "float32"), (16, "float32"), (17, "bfloat16")])
+def test_a_short_bf16_attention_runs_in_float32(tokens, computes_in, monkeypatch):
+    """bf16 attention over at most ``SHORT_KEYS`` keys runs SDPA on float32 copies (torch's bf16 SDPA is ~2x
+    slower at a few keys); longer ones stay bf16. Either way the output is bf16 and within bf16 rounding of
+    the float32 module's."""
+    torch = pytest.importorskip("torch")
+    import clip_torch.layers as L
+
+    seen = []
+    sdpa = L.F.scaled_dot_product_attention
+
+    def spy(q, *args, **kwargs):
+        seen.append(str(q.dtype).replace("torch.", ""))
+        return sdpa(q, *args, **kwargs)
+
+    monkeypatch.setattr(L.F, "scaled_dot_product_attention", spy)
+    torch.manual_seed(0)
+    attn = L.CLIPAttention(64, 4)
+    for p in attn.parameters():
+        p.data.normal_(0.0, 0.2)
+    x = torch.randn(3, tokens, 64)
+    with torch.inference_mode():
+        ref = attn(x, is_causal=True)[0]
+        seen.clear()
+        out = attn.to(torch.bfloat16)(x.bfloat16(), is_causal=True)[0]
+    assert seen == [computes_in] and out.dtype == torch.bfloat16
+    err = float((out.float() - ref).norm() / ref.norm())
+    assert err <= 0.01, f"{tokens} tokens: relative error {err}"
+
+
 @pytest.mark.parametrize("flags, machine, saturates", [
     (frozenset({"avx2", "fma"}), "x86_64", True), (frozenset({"avx2", "avx_vnni"}), "x86_64", False),
     (frozenset({"avx512f", "avx512_vnni"}), "x86_64", False), (None, "x86_64", True),
