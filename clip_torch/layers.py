@@ -276,6 +276,8 @@ class CLIPAttention(nn.Module):
         else:
             if self._short_bf16(q, k):  # torch's bf16 SDPA costs ~2x its fp32 one at a few keys
                 q, k, v = q.float(), k.float(), v.float()
+                if attention_mask is not None and attention_mask.is_floating_point():
+                    attention_mask = attention_mask.float()  # SDPA takes an additive mask in q's dtype
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=p,
                                                  is_causal=is_causal and attention_mask is None, scale=self.scale)
         out = out.transpose(1, 2).to(dtype, memory_format=torch.contiguous_format).reshape(B, Tq, C)  # one pass

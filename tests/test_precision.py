@@ -238,13 +238,17 @@ def test_a_bf16_layer_norm_makes_no_float32_copies():
     assert not ops & {"aten::to", "aten::_to_copy"}, sorted(ops)
 
 
+@pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("tokens, computes_in", [(7, "float32"), (16, "float32"), (17, "bfloat16")])
-def test_a_short_bf16_attention_runs_in_float32(tokens, computes_in, monkeypatch):
+def test_a_short_bf16_attention_runs_in_float32(tokens, computes_in, masked, monkeypatch):
     """bf16 attention over at most ``SHORT_KEYS`` keys runs SDPA on float32 copies (torch's bf16 SDPA is ~2x
     slower at a few keys); longer ones stay bf16. Either way the output is bf16 and within bf16 rounding of
-    the float32 module's."""
+    the float32 module's, also with an additive padding mask in the model's dtype (a text batch with an
+    ``attention_mask``)."""
     torch = pytest.importorskip("torch")
     import clip_torch.layers as L
+    from clip_torch.layers import causal_mask
+    from clip_torch.text import padding_mask
 
     seen = []
     sdpa = L.F.scaled_dot_product_attention
@@ -259,10 +263,16 @@ def test_a_short_bf16_attention_runs_in_float32(tokens, computes_in, monkeypatch
     for p in attn.parameters():
         p.data.normal_(0.0, 0.2)
     x = torch.randn(3, tokens, 64)
+    keep = torch.ones(3, tokens)
+    keep[0, tokens // 2:] = 0  # the first row padded after half its tokens
+
+    def mask(dtype):
+        return (padding_mask(keep, dtype) + causal_mask(tokens, dtype, "cpu")) if masked else None
+
     with torch.inference_mode():
-        ref = attn(x, is_causal=True)[0]
+        ref = attn(x, mask(torch.float32), is_causal=not masked)[0]
         seen.clear()
-        out = attn.to(torch.bfloat16)(x.bfloat16(), is_causal=True)[0]
+        out = attn.to(torch.bfloat16)(x.bfloat16(), mask(torch.bfloat16), is_causal=not masked)[0]
     assert seen == [computes_in] and out.dtype == torch.bfloat16
     err = float((out.float() - ref).norm() / ref.norm())
     assert err <= 0.01, f"{tokens} tokens: relative error {err}"
