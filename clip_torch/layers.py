@@ -39,9 +39,10 @@ class LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps).to(x.dtype)
 
     def _mixed(self, x: torch.Tensor) -> bool:
-        """bf16 input and float32 affine parameters on CPU, without autograd."""
+        """bf16 input and float32 affine parameters on CPU, without autograd, not traced (exports keep the
+        float32 round trip)."""
         return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()
-                and self.weight is not None and self.bias is not None
+                and not _is_compiling() and self.weight is not None and self.bias is not None
                 and self.weight.dtype == self.bias.dtype == torch.float32)
 
     def scaled(self, x: torch.Tensor, k: float) -> Optional[torch.Tensor]:
@@ -285,8 +286,8 @@ class CLIPAttention(nn.Module):
 
     def _short_bf16(self, q: torch.Tensor, k: torch.Tensor) -> bool:
         """bf16 attention over at most ``SHORT_KEYS`` keys on CPU, without autograd: run in float32."""
-        return (q.dtype == torch.bfloat16 and k.shape[2] <= SHORT_KEYS and q.device.type == "cpu"
-                and not torch.is_grad_enabled() and not _is_compiling())
+        return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and not torch.is_grad_enabled()
+                and not _is_compiling() and k.shape[2] <= SHORT_KEYS)  # last: a traced length stays symbolic
 
 
 def causal_mask(T: int, dtype: torch.dtype, device) -> torch.Tensor:
