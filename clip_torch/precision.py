@@ -69,11 +69,6 @@ def _no_kernel() -> PrecisionError:
                           "export (clip-zoo export --int8)")
 
 
-#: The activations oneDNN computes inside the linear (clip_torch.layers.FUSED_ACTIVATIONS): int8's fc1
-#: computes 1.702 h for quick_gelu, fc2 takes the 1/1.702.
-_FUSED_ACTIVATIONS = FUSED_ACTIVATIONS
-
-
 def _quantize_u8(x: torch.Tensor, lo: float, hi: float, top: int = 255) -> tuple[torch.Tensor, float, int]:
     """``x`` (N, I) float32 with values in [lo, hi] -> (uint8 (N, I) codes in [0, top], scale, zero point):
     per-tensor asymmetric, range including 0. ``top`` = 127 gives 7-bit codes (see ``int8_saturates``)."""
@@ -117,7 +112,7 @@ class Int8Linear(nn.Module):
 
     With oneDNN (``kernel="onednn"``, the default where torch has it) activations are quantized per
     tensor to uint8 and the kernel dequantizes, adds the bias and can apply ``activation`` (a key of
-    ``_FUSED_ACTIVATIONS``) in the same pass. ``input_scale`` multiplies the input and ``output_scale``
+    ``clip_torch.layers.FUSED_ACTIVATIONS``) in the same pass. ``input_scale`` multiplies the input and ``output_scale``
     the pre-activation output, both folded into the weights (and the bias, for ``output_scale``): how
     :class:`Int8MLP` moves quick_gelu's 1.702 into fc1 and its inverse into fc2. fbgemm's dynamic
     quantized linear is the fallback (no fused activation)."""
@@ -138,7 +133,7 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = w.shape[1], w.shape[0]
         scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0  # (O,)
         if self.kernel == "onednn":
-            self._post = _FUSED_ACTIVATIONS[activation][:2] if activation else ("none", "")
+            self._post = FUSED_ACTIVATIONS[activation][:2] if activation else ("none", "")
             self._top = 127 if int8_saturates() else 255  # 7-bit activations where u8 x s8 pairs saturate int16
             q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)  # (O, I)
             self._packed = torch.ops.onednn.qlinear_prepack(q, None)
@@ -187,7 +182,7 @@ class Int8MLP(nn.Module):
     def __init__(self, mlp: CLIPMLP, kernel: Optional[str] = None) -> None:
         super().__init__()
         kernel = kernel or _int8_kernel()
-        fused = _FUSED_ACTIVATIONS.get(mlp.act_name) if kernel == "onednn" else None
+        fused = FUSED_ACTIVATIONS.get(mlp.act_name) if kernel == "onednn" else None
         self.act_name = mlp.act_name
         self.act = None if fused else mlp.act
         k = fused[2] if fused else 1.0
