@@ -177,3 +177,30 @@ def test_lanes_give_the_one_thread_output(tmp_path, folder, model, capsys, monke
     emb2, index2, meta2 = _outputs(two)
     np.testing.assert_allclose(emb2, emb1, rtol=0, atol=1e-6)
     assert index2 == index1 and meta2["skipped"] == meta1["skipped"] and len(meta1["skipped"]) == 2
+
+
+@pytest.mark.parametrize("chunk", [1000, 16 << 20])
+def test_model_fingerprint_reads_in_chunks_to_the_same_digest(tmp_path, model, monkeypatch, chunk):
+    """The fingerprint's own chunked read gives the SHA-256 of each whole file, whatever the read size
+    (the weights end in half a 1,000-byte chunk, or fit in one partial 16 MB chunk); one changed byte
+    changes it."""
+    import hashlib
+
+    from clip_zoo import embed
+
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for f in Path(model).iterdir():
+        (ck / f.name).write_bytes(f.read_bytes())
+    weights = sorted(p for p in ck.iterdir() if p.suffix == ".safetensors")[0]
+    with open(weights, "ab") as fh:  # padding after the safetensors data: a size ending in 500
+        fh.write(b"\x01" * (3500 - weights.stat().st_size % 1000))
+    monkeypatch.setattr(embed, "_HASH_CHUNK", chunk)
+    want = hashlib.sha256()
+    for f in embed._model_files(ck):
+        data = f.read_bytes()
+        want.update(f"{f.name}\0{len(data)}\0".encode() + hashlib.sha256(data).digest())
+    assert weights in embed._model_files(ck)
+    assert embed.model_fingerprint(ck) == want.hexdigest()
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x02")
+    assert embed.model_fingerprint(ck) != want.hexdigest()
