@@ -188,9 +188,13 @@ def _autocasting(x: torch.Tensor) -> bool:
     return torch.is_autocast_enabled(x.device.type)
 
 
-#: Up to this many keys a bf16 attention runs on float32 copies of q / k / v (64 prompts of 7 tokens:
-#: ~0.4 against ~0.8 ms a layer; docs/design.md, inference precision).
-SHORT_KEYS = 16
+#: A bf16 attention over at most ``SHORT_KEYS`` keys, with q holding at most ``SHORT_ELEMENTS`` values, runs
+#: SDPA on float32 copies of q / k / v: 64 prompts of 7 tokens ~0.4 against ~0.8 ms a layer, 16 ViT-B/32
+#: images (50 tokens) ~2.0 against ~2.24. Past either bound the copies lose: at 64 prompts of 77 tokens, and
+#: at 7,000 token rows of width 768 (~60 MB of float32 copies) they were 1.4-2.2x slower (docs/design.md,
+#: inference precision).
+SHORT_KEYS = 50
+SHORT_ELEMENTS = 1 << 21
 
 
 class CLIPAttention(nn.Module):
@@ -275,7 +279,7 @@ class CLIPAttention(nn.Module):
             weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
             out = torch.matmul(F.dropout(weights, p, self.training), v)  # (B, H, T, hd)
         else:
-            if self._short_bf16(q, k):  # torch's bf16 SDPA costs ~2x its fp32 one at a few keys
+            if self._short_bf16(q, k):  # torch's bf16 SDPA is slower than its fp32 one on small attentions
                 q, k, v = q.float(), k.float(), v.float()
                 if attention_mask is not None and attention_mask.is_floating_point():
                     attention_mask = attention_mask.float()  # SDPA takes an additive mask in q's dtype
@@ -285,9 +289,11 @@ class CLIPAttention(nn.Module):
         return self.out_proj(out), (weights if output_attentions else None)
 
     def _short_bf16(self, q: torch.Tensor, k: torch.Tensor) -> bool:
-        """bf16 attention over at most ``SHORT_KEYS`` keys on CPU, without autograd: run in float32."""
+        """bf16 attention over at most ``SHORT_KEYS`` keys and ``SHORT_ELEMENTS`` query values on CPU, without
+        autograd: run in float32."""
         return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and not torch.is_grad_enabled()
-                and not _is_compiling() and k.shape[2] <= SHORT_KEYS)  # last: a traced length stays symbolic
+                and not _is_compiling()  # before the shapes: a traced length stays symbolic
+                and k.shape[2] <= SHORT_KEYS and q.numel() <= SHORT_ELEMENTS)
 
 
 def causal_mask(T: int, dtype: torch.dtype, device) -> torch.Tensor:

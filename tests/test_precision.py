@@ -239,12 +239,15 @@ def test_a_bf16_layer_norm_makes_no_float32_copies():
 
 
 @pytest.mark.parametrize("masked", [False, True])
-@pytest.mark.parametrize("tokens, computes_in", [(7, "float32"), (16, "float32"), (17, "bfloat16")])
-def test_a_short_bf16_attention_runs_in_float32(tokens, computes_in, masked, monkeypatch):
-    """bf16 attention over at most ``SHORT_KEYS`` keys runs SDPA on float32 copies (torch's bf16 SDPA is ~2x
-    slower at a few keys); longer ones stay bf16. Either way the output is bf16 and within bf16 rounding of
-    the float32 module's, also with an additive padding mask in the model's dtype (a text batch with an
-    ``attention_mask``)."""
+@pytest.mark.parametrize("tokens, elements, computes_in", [
+    (7, None, "float32"), (50, None, "float32"), (51, None, "bfloat16"),
+    (7, 3 * 7 * 64, "float32"), (7, 3 * 7 * 64 - 1, "bfloat16")])
+def test_a_short_bf16_attention_runs_in_float32(tokens, elements, computes_in, masked, monkeypatch):
+    """bf16 attention over at most ``SHORT_KEYS`` keys (50: a ViT-B/32 image) and ``SHORT_ELEMENTS``
+    query values runs SDPA on float32 copies (torch's bf16 SDPA is ~1.6x slower at 7 keys, ~1.1x at 50);
+    longer or larger ones stay bf16 (``elements`` moves the bound around this batch's 3 x 7 x 64 values).
+    Either way the output is bf16 and within bf16 rounding of the float32 module's, also with an additive
+    padding mask in the model's dtype (a text batch with an ``attention_mask``)."""
     torch = pytest.importorskip("torch")
     import clip_torch.layers as L
     from clip_torch.layers import causal_mask
@@ -258,6 +261,8 @@ def test_a_short_bf16_attention_runs_in_float32(tokens, computes_in, masked, mon
         return sdpa(q, *args, **kwargs)
 
     monkeypatch.setattr(L.F, "scaled_dot_product_attention", spy)
+    if elements is not None:
+        monkeypatch.setattr(L, "SHORT_ELEMENTS", elements)
     torch.manual_seed(0)
     attn = L.CLIPAttention(64, 4)
     for p in attn.parameters():
