@@ -41,8 +41,7 @@ class LayerNorm(nn.LayerNorm):
     def _mixed(self, x: torch.Tensor) -> bool:
         """bf16 input and float32 affine parameters on CPU, without autograd, not traced (exports keep the
         float32 round trip)."""
-        return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()
-                and not _is_compiling() and self.weight is not None and self.bias is not None
+        return (_bf16_cpu_inference(x) and self.weight is not None and self.bias is not None
                 and self.weight.dtype == self.bias.dtype == torch.float32)
 
     def scaled(self, x: torch.Tensor, k: float) -> Optional[torch.Tensor]:
@@ -183,6 +182,12 @@ def _is_compiling() -> bool:
     return bool(getattr(torch, "compiler", None) and torch.compiler.is_compiling())
 
 
+def _bf16_cpu_inference(x: torch.Tensor) -> bool:
+    """``x`` is bf16 on CPU, outside autograd and tracing: where the bf16 inference paths apply."""
+    return (x.dtype == torch.bfloat16 and x.device.type == "cpu" and not torch.is_grad_enabled()
+            and not _is_compiling())
+
+
 def _autocasting(x: torch.Tensor) -> bool:
     """Inside ``torch.autocast`` for ``x``'s device: the plain ops run, so autocast picks their dtypes."""
     return torch.is_autocast_enabled(x.device.type)
@@ -291,8 +296,7 @@ class CLIPAttention(nn.Module):
     def _short_bf16(self, q: torch.Tensor, k: torch.Tensor) -> bool:
         """bf16 attention over at most ``SHORT_KEYS`` keys and ``SHORT_ELEMENTS`` query values on CPU, without
         autograd: run in float32."""
-        return (q.dtype == torch.bfloat16 and q.device.type == "cpu" and not torch.is_grad_enabled()
-                and not _is_compiling()  # before the shapes: a traced length stays symbolic
+        return (_bf16_cpu_inference(q)  # before the shapes: a traced length stays symbolic
                 and k.shape[2] <= SHORT_KEYS and q.numel() <= SHORT_ELEMENTS)
 
 
